@@ -1,0 +1,189 @@
+//! `netns-agent run`: load, attach, seed, serve, and detach everything on SIGINT/SIGTERM.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use aya::{Btf, Ebpf, Endianness};
+use prometheus::proto::MetricFamily;
+
+use crate::{
+    attach::{self, KernelView, ProbeOutcome},
+    config::Settings,
+    host,
+    inventory::Inventory,
+    kernel_layout::{KernelLayout, ResolvedField},
+    lifecycle::{self, LifecycleMaps},
+    loader, metrics,
+    probes::Mode,
+};
+
+/// Everything start-up learns about the kernel, and the loaded (not yet attached) object.
+pub struct Prepared {
+    pub release: String,
+    pub layout: KernelLayout,
+    pub fields: Vec<ResolvedField>,
+    pub btf: Btf,
+    pub ebpf: Ebpf,
+}
+
+/// The checks and loading shared by `run` and `check`. Each failure is one line that names
+/// the problem and the fix.
+pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
+    host::check_privileges()?;
+    let release = host::kernel_release()?;
+    host::check_kernel_version(&release)?;
+    let layout = KernelLayout::open(&settings.btf)?;
+    let (offsets, fields) = layout.resolve();
+    let btf = Btf::parse_file(&settings.btf, Endianness::default())
+        .with_context(|| format!("cannot parse BTF {}", settings.btf.display()))?;
+    let ebpf = loader::load(&offsets, &btf, &settings.limits)?;
+    Ok(Prepared { release, layout, fields, btf, ebpf })
+}
+
+/// What `/metrics` reads.
+pub struct AgentState {
+    kernel: String,
+    probes: Vec<(&'static str, Option<Mode>, Vec<Mode>)>,
+    lifecycle: LifecycleMaps,
+}
+
+impl AgentState {
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let mut info = metrics::Family::new(&metrics::AGENT_INFO);
+        info.add(&[env!("CARGO_PKG_VERSION"), &self.kernel], 1.0);
+        out.extend(info.finish());
+        let mut attached = metrics::Family::new(&metrics::PROBE_ATTACHED);
+        for (probe, mode, modes) in &self.probes {
+            for m in modes {
+                attached.add(&[probe, m.as_str()], if *mode == Some(*m) { 1.0 } else { 0.0 });
+            }
+        }
+        out.extend(attached.finish());
+        self.lifecycle.collect(&mut out);
+        out
+    }
+
+    pub fn render(&self) -> String {
+        metrics::render(&self.gather())
+    }
+}
+
+/// The start-up log line for one probe.
+pub fn outcome_line(outcome: &ProbeOutcome) -> String {
+    let failures: Vec<String> = outcome
+        .attempts
+        .iter()
+        .filter_map(|(mode, result)| result.as_ref().err().map(|why| format!("{mode}: {why}")))
+        .collect();
+    let head = match outcome.attached {
+        Some(mode) => format!("probe {}: attached ({mode})", outcome.probe.name),
+        None => format!("probe {}: NOT attached", outcome.probe.name),
+    };
+    if failures.is_empty() { head } else { format!("{head}; {}", failures.join("; ")) }
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Bind first: a taken port should fail before any probe touches the kernel.
+    let listener = crate::http::bind(settings.listen).await?;
+    let Prepared { release, layout, fields, btf, mut ebpf } = prepare(&settings)?;
+    log::info!(
+        "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved)",
+        env!("CARGO_PKG_VERSION"),
+        layout.path().display(),
+        fields.iter().filter(|f| f.found.is_some()).count(),
+        fields.len()
+    );
+
+    let kernel = KernelView::new(&btf, &layout, &fields);
+    let outcomes = attach::attach_all(&mut ebpf, &kernel, settings.attach, false);
+    for outcome in &outcomes {
+        if outcome.attached.is_some() {
+            log::info!("{}", outcome_line(outcome));
+        } else {
+            log::warn!("{}", outcome_line(outcome));
+        }
+    }
+
+    let lifecycle_maps = LifecycleMaps::take(&mut ebpf)?;
+    let events = lifecycle::take_events(&mut ebpf)?;
+    let inventory = match Inventory::load(&mut ebpf) {
+        Ok(inventory) => match inventory.walk(&ebpf) {
+            Ok(walk) => {
+                log::info!(
+                    "inventory: {} namespaces alive in the kernel ({} dying){}",
+                    walk.status.count,
+                    walk.status.dying,
+                    if walk.status.complete == 1 { "" } else { "; walk INCOMPLETE" }
+                );
+                Some(inventory)
+            }
+            Err(err) => {
+                log::warn!("inventory walk failed, netns_alive counts only namespaces created from now on: {err}");
+                None
+            }
+        },
+        Err(err) => {
+            log::warn!("inventory unavailable, netns_alive counts only namespaces created from now on: {err}");
+            None
+        }
+    };
+
+    let state = Arc::new(AgentState {
+        kernel: release,
+        probes: outcomes
+            .iter()
+            .map(|o| (o.probe.name, o.attached, o.probe.variants.iter().map(|v| v.mode).collect()))
+            .collect(),
+        lifecycle: lifecycle_maps,
+    });
+    let ebpf = Arc::new(Mutex::new(ebpf));
+
+    let events_task = tokio::spawn(lifecycle::consume_events(events, |event| {
+        log::debug!("{}", lifecycle::describe(&event));
+    }));
+    let reconcile_task = inventory.map(|inventory| {
+        let ebpf = Arc::clone(&ebpf);
+        let interval = settings.inventory_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
+                match inventory.walk(&ebpf).and_then(|walk| inventory.reconcile(&ebpf, &walk)) {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("inventory: {n} namespaces were gone without a teardown event"),
+                    Err(err) => log::warn!("inventory: {err}"),
+                }
+            }
+        })
+    });
+
+    log::info!("serving metrics on http://{}/metrics", settings.listen);
+    axum::serve(listener, crate::http::router(Arc::clone(&state)))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+
+    events_task.abort();
+    if let Some(task) = reconcile_task {
+        task.abort();
+        let _ = task.await;
+    }
+    // Dropping the object detaches every link and unloads every program.
+    drop(Arc::try_unwrap(ebpf).map(|m| m.into_inner()));
+    log::info!("stopped; all probes detached");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!("{name} received, shutting down");
+}

@@ -1,0 +1,383 @@
+//! The running kernel's structure layout, read from its BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Rust eBPF has no CO-RE: the offsets the kernel programs use come from here and reach them
+//! as the `OFFSETS` global. Each field lists the paths it has had across kernel versions,
+//! newest first; the first one this kernel's BTF resolves wins.
+
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, Type};
+use netns_agent_common::offsets::{KernelOffsets, UNKNOWN};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "BTF missing: {path} does not exist; the kernel needs CONFIG_DEBUG_INFO_BTF=y, or pass \
+         --btf FILE with this kernel's BTF"
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot parse BTF {path}: {reason}; is it this kernel's vmlinux BTF?")]
+    Unreadable { path: PathBuf, reason: String },
+}
+
+/// One field the programs read, with its known paths (`struct.member.member...`).
+struct FieldSpec {
+    name: &'static str,
+    paths: &'static [&'static str],
+    set: fn(&mut KernelOffsets, u32),
+}
+
+/// Every field the kernel programs read. The single place that knows where they moved.
+const FIELDS: &[FieldSpec] = &[
+    FieldSpec { name: "task_nsproxy", paths: &["task_struct.nsproxy"], set: |o, v| o.task_nsproxy = v },
+    FieldSpec { name: "task_tgid", paths: &["task_struct.tgid"], set: |o, v| o.task_tgid = v },
+    FieldSpec { name: "task_comm", paths: &["task_struct.comm"], set: |o, v| o.task_comm = v },
+    FieldSpec { name: "nsproxy_net_ns", paths: &["nsproxy.net_ns"], set: |o, v| o.nsproxy_net_ns = v },
+    // ns_common.inum: offset 16 up to 6.17, 24 from 6.18 (ns_type was added in front).
+    FieldSpec { name: "net_inum", paths: &["net.ns.inum"], set: |o, v| o.net_inum = v },
+    // The active count moved into ns_common as `count` (5.12-6.17), renamed `__ns_ref` in 6.18.
+    FieldSpec {
+        name: "net_refcount",
+        paths: &["net.ns.__ns_ref", "net.ns.count", "net.count"],
+        set: |o, v| o.net_refcount = v,
+    },
+    FieldSpec { name: "net_ns_ops", paths: &["net.ns.ops"], set: |o, v| o.net_ns_ops = v },
+    FieldSpec { name: "net_cookie", paths: &["net.net_cookie"], set: |o, v| o.net_cookie = v },
+    FieldSpec { name: "net_list", paths: &["net.list"], set: |o, v| o.net_list = v },
+    FieldSpec { name: "net_prot_inuse", paths: &["net.core.prot_inuse"], set: |o, v| o.net_prot_inuse = v },
+    FieldSpec { name: "netdev_nd_net", paths: &["net_device.nd_net.net"], set: |o, v| o.netdev_nd_net = v },
+    FieldSpec { name: "netdev_ifindex", paths: &["net_device.ifindex"], set: |o, v| o.netdev_ifindex = v },
+    FieldSpec { name: "netdev_name", paths: &["net_device.name"], set: |o, v| o.netdev_name = v },
+];
+
+/// Names of every field the programs may read.
+pub fn field_names() -> impl Iterator<Item = &'static str> {
+    FIELDS.iter().map(|f| f.name)
+}
+
+/// A field and where this kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedField {
+    pub name: &'static str,
+    /// The path that resolved and its byte offset, or `None` when no known path did.
+    pub found: Option<(&'static str, u32)>,
+}
+
+/// A parsed kernel BTF.
+pub struct KernelLayout {
+    btf: Btf,
+    path: PathBuf,
+}
+
+impl KernelLayout {
+    /// The default BTF of the running kernel.
+    pub const DEFAULT_PATH: &'static str = "/sys/kernel/btf/vmlinux";
+
+    pub fn open(path: &Path) -> Result<Self, LayoutError> {
+        if !path.exists() {
+            return Err(LayoutError::Missing { path: path.to_owned() });
+        }
+        let btf = Btf::from_file(path).map_err(|err| LayoutError::Unreadable {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+        Ok(Self { btf, path: path.to_owned() })
+    }
+
+    #[cfg(test)]
+    fn from_bytes(bytes: &[u8]) -> Self {
+        Self { btf: Btf::from_bytes(bytes).expect("valid BTF"), path: PathBuf::from("<test>") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves every field the programs need.
+    pub fn resolve(&self) -> (KernelOffsets, Vec<ResolvedField>) {
+        let mut offsets = KernelOffsets::UNSET;
+        let fields = FIELDS
+            .iter()
+            .map(|spec| {
+                let found = spec
+                    .paths
+                    .iter()
+                    .find_map(|path| self.member_offset(path).map(|offset| (*path, offset)));
+                (spec.set)(&mut offsets, found.map_or(UNKNOWN, |(_, offset)| offset));
+                ResolvedField { name: spec.name, found }
+            })
+            .collect();
+        (offsets, fields)
+    }
+
+    /// True if the BTF describes a function of this name (a candidate for fentry/fexit).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+
+    /// Byte offset of `struct.member[.member...]`, looking through anonymous structs/unions.
+    pub fn member_offset(&self, path: &str) -> Option<u32> {
+        let mut parts = path.split('.');
+        let mut current = self.struct_named(parts.next()?)?;
+        let mut total_bits = 0u32;
+        let mut members = parts.peekable();
+        while let Some(member) = members.next() {
+            let (bits, ty) = self.find_member(&current, member)?;
+            total_bits += bits;
+            if members.peek().is_some() {
+                current = self.as_struct(ty)?;
+            }
+        }
+        (total_bits % 8 == 0).then_some(total_bits / 8)
+    }
+
+    fn struct_named(&self, name: &str) -> Option<btf_rs::Struct> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+    }
+
+    /// Follows typedefs and qualifiers down to a struct or union.
+    fn as_struct(&self, mut ty: Type) -> Option<btf_rs::Struct> {
+        for _ in 0..16 {
+            ty = match ty {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_)
+                | Type::TypeTag(_) => self.btf.resolve_chained_type(ty.as_btf_type()?).ok()?,
+                _ => return None,
+            };
+        }
+        None
+    }
+
+    /// Finds `name` among the members (recursing into anonymous ones); returns its bit
+    /// offset within `s` and its type.
+    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> Option<(u32, Type)> {
+        for member in &s.members {
+            if member.bitfield_size().is_some_and(|size| size != 0) {
+                continue;
+            }
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(member).ok()?;
+            if member_name == name {
+                return Some((member.bit_offset(), ty));
+            }
+            if member_name.is_empty()
+                && let Some(inner) = self.as_struct(ty)
+                && let Some((bits, found)) = self.find_member(&inner, name)
+            {
+                return Some((member.bit_offset() + bits, found));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_btf {
+    //! A minimal BTF writer, enough to describe the structs the resolver walks.
+
+    /// Builds BTF bytes from a list of types.
+    #[derive(Default)]
+    pub struct BtfBuilder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    pub enum Member<'a> {
+        Named(&'a str, u32, u32),
+        Anonymous(u32, u32),
+    }
+
+    impl BtfBuilder {
+        pub fn new() -> Self {
+            Self { types: Vec::new(), strings: vec![0], next_id: 1 }
+        }
+
+        fn string(&mut self, s: &str) -> u32 {
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn header(&mut self, name: &str, kind: u32, vlen: u32, size_or_type: u32) -> u32 {
+            let name_off = if name.is_empty() { 0 } else { self.string(name) };
+            for word in [name_off, (kind << 24) | vlen, size_or_type] {
+                self.types.extend_from_slice(&word.to_le_bytes());
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        }
+
+        pub fn int(&mut self, name: &str, size: u32) -> u32 {
+            let id = self.header(name, 1, 0, size);
+            self.types.extend_from_slice(&(size * 8).to_le_bytes());
+            id
+        }
+
+        pub fn ptr(&mut self, target: u32) -> u32 {
+            self.header("", 2, 0, target)
+        }
+
+        /// A struct (kind 4) or union (kind 5) with (name, type, byte offset) members.
+        pub fn composite(&mut self, union: bool, name: &str, size: u32, members: &[Member<'_>]) -> u32 {
+            let resolved: Vec<(u32, u32, u32)> = members
+                .iter()
+                .map(|m| match m {
+                    Member::Named(n, t, o) => (self.string(n), *t, *o),
+                    Member::Anonymous(t, o) => (0, *t, *o),
+                })
+                .collect();
+            let id = self.header(name, if union { 5 } else { 4 }, members.len() as u32, size);
+            for (name_off, ty, offset) in resolved {
+                for word in [name_off, ty, offset * 8] {
+                    self.types.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+            id
+        }
+
+        pub fn func(&mut self, name: &str) -> u32 {
+            let proto = self.header("", 13, 0, 0);
+            self.header(name, 12, 0, proto)
+        }
+
+        pub fn build(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+            out.push(1);
+            out.push(0);
+            let hdr_len = 24u32;
+            let type_len = self.types.len() as u32;
+            for word in [hdr_len, 0, type_len, type_len, self.strings.len() as u32] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_btf::{BtfBuilder, Member::*};
+    use super::*;
+
+    /// `ns_common` as 6.17 and older lay it out, or as 6.18 does.
+    fn kernel(v6_18: bool) -> KernelLayout {
+        let mut b = BtfBuilder::new();
+        let u32_t = b.int("unsigned int", 4);
+        let u64_t = b.int("long long unsigned int", 8);
+        let ptr = b.ptr(u64_t);
+        let ns_common = if v6_18 {
+            b.composite(false, "ns_common", 40, &[
+                Named("ns_type", u32_t, 0),
+                Named("stashed", ptr, 8),
+                Named("ops", ptr, 16),
+                Named("inum", u32_t, 24),
+                Named("__ns_ref", u32_t, 28),
+            ])
+        } else {
+            b.composite(false, "ns_common", 24, &[
+                Named("stashed", ptr, 0),
+                Named("ops", ptr, 8),
+                Named("inum", u32_t, 16),
+                Named("count", u32_t, 20),
+            ])
+        };
+        let list = b.composite(false, "list_head", 16, &[Named("next", ptr, 0), Named("prev", ptr, 8)]);
+        let core = b.composite(false, "netns_core", 32, &[Named("prot_inuse", ptr, 24)]);
+        let anon = b.composite(true, "", 8, &[Named("net_cookie", u64_t, 0)]);
+        b.composite(false, "net", 512, &[
+            Named("list", list, 40),
+            Named("ns", ns_common, 160),
+            Named("core", core, 300),
+            Anonymous(anon, 400),
+        ]);
+        let possible = b.composite(false, "", 8, &[Named("net", ptr, 0)]);
+        b.composite(false, "net_device", 1024, &[
+            Named("ifindex", u32_t, 224),
+            Named("nd_net", possible, 264),
+            Named("name", u64_t, 280),
+        ]);
+        b.func("copy_net_ns");
+        KernelLayout::from_bytes(&b.build())
+    }
+
+    #[test]
+    fn nested_paths_sum_their_offsets() {
+        let k = kernel(false);
+        assert_eq!(k.member_offset("net.ns.inum"), Some(176));
+        assert_eq!(k.member_offset("net.core.prot_inuse"), Some(324));
+        assert_eq!(k.member_offset("net_device.nd_net.net"), Some(264));
+        assert_eq!(k.member_offset("net.list"), Some(40));
+    }
+
+    #[test]
+    fn inum_moves_in_6_18() {
+        assert_eq!(kernel(false).member_offset("net.ns.inum"), Some(176));
+        assert_eq!(kernel(true).member_offset("net.ns.inum"), Some(184));
+    }
+
+    #[test]
+    fn renamed_fields_fall_back_to_older_names() {
+        let (old, _) = kernel(false).resolve();
+        let (new, _) = kernel(true).resolve();
+        assert_eq!(old.net_refcount, 180, "6.17 and older: ns.count");
+        assert_eq!(new.net_refcount, 188, "6.18: ns.__ns_ref");
+    }
+
+    #[test]
+    fn anonymous_members_are_searched() {
+        assert_eq!(kernel(false).member_offset("net.net_cookie"), Some(400));
+    }
+
+    #[test]
+    fn missing_fields_are_unknown_and_reported() {
+        let (offsets, fields) = kernel(false).resolve();
+        // The test BTF has no task_struct.
+        assert_eq!(offsets.task_nsproxy, UNKNOWN);
+        let task = fields.iter().find(|f| f.name == "task_nsproxy").unwrap();
+        assert_eq!(task.found, None);
+        let inum = fields.iter().find(|f| f.name == "net_inum").unwrap();
+        assert_eq!(inum.found, Some(("net.ns.inum", 176)));
+    }
+
+    #[test]
+    fn functions_are_found_by_name() {
+        let k = kernel(false);
+        assert!(k.has_function("copy_net_ns"));
+        assert!(!k.has_function("setup_net"));
+        assert!(!k.has_function("net"), "a struct is not a function");
+    }
+
+    #[test]
+    fn missing_file_names_the_fix() {
+        let err = KernelLayout::open(Path::new("/nonexistent/vmlinux")).err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains("BTF missing"), "{text}");
+        assert!(text.contains("CONFIG_DEBUG_INFO_BTF"), "{text}");
+    }
+
+    #[test]
+    fn host_btf_resolves_every_field() {
+        // The agent needs kernel BTF; every machine this suite runs on has it.
+        let path = Path::new(KernelLayout::DEFAULT_PATH);
+        assert!(path.exists(), "{} missing: the agent cannot run here", path.display());
+        let (_, fields) = KernelLayout::open(path).unwrap().resolve();
+        let missing: Vec<_> = fields.iter().filter(|f| f.found.is_none()).map(|f| f.name).collect();
+        assert!(missing.is_empty(), "unresolved on this kernel: {missing:?}");
+    }
+}

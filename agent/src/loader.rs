@@ -1,0 +1,25 @@
+//! Loading the kernel object: globals (field offsets) and map sizes set before the kernel
+//! sees it. Programs are loaded one by one later, by the attach engine.
+
+use aya::{Btf, Ebpf, EbpfLoader};
+use netns_agent_common::offsets::KernelOffsets;
+
+use crate::config::Limits;
+
+/// The kernel programs, built by `build.rs` from `ebpf/`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-agent"));
+
+#[derive(Debug, thiserror::Error)]
+#[error("loading the eBPF object failed: {0}")]
+pub struct LoadError(String);
+
+pub fn load(offsets: &KernelOffsets, btf: &Btf, limits: &Limits) -> Result<Ebpf, LoadError> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("OFFSETS", offsets, true)
+        .map_max_entries("LIVE", limits.kernel_namespaces)
+        .map_max_entries("TEARDOWN_MARKERS", limits.kernel_namespaces)
+        .map_max_entries("LIFECYCLE_EVENTS", limits.event_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|err| LoadError(crate::attach::error_chain(&err)))
+}

@@ -1,0 +1,234 @@
+//! Every metric the agent exports: names, help and label sets defined once, and the
+//! builder that turns kernel counters into Prometheus families at scrape time.
+//!
+//! Values live in kernel maps; nothing is cached in user space. Each scrape reads the maps
+//! and renders the text exposition.
+
+use std::collections::BTreeMap;
+
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{self, MetricFamily, MetricType},
+};
+
+/// A metric's identity.
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
+}
+
+const fn def(name: &'static str, kind: MetricType, labels: &'static [&'static str], help: &'static str) -> MetricDef {
+    MetricDef { name, help, kind, labels }
+}
+
+use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+
+pub const AGENT_INFO: MetricDef =
+    def("netns_agent_info", GAUGE, &["version", "kernel"], "netns-agent build and the kernel it runs on.");
+pub const PROBE_ATTACHED: MetricDef = def(
+    "netns_agent_probe_attached",
+    GAUGE,
+    &["probe", "mode"],
+    "1 if the probe is attached in this mode, 0 for the modes it has but did not use.",
+);
+pub const EVENTS_LOST: MetricDef = def(
+    "netns_agent_events_lost_total",
+    COUNTER,
+    &[],
+    "Kernel events dropped because the ring buffer was full (counts stay exact; the journal misses them).",
+);
+pub const LIVE_FULL: MetricDef = def(
+    "netns_agent_untracked_namespaces_total",
+    COUNTER,
+    &[],
+    "Namespaces the kernel-side table had no room for (raise limits.kernel_namespaces).",
+);
+pub const RECONCILED: MetricDef = def(
+    "netns_agent_reconciled_total",
+    COUNTER,
+    &[],
+    "Namespaces the periodic inventory found gone although no teardown probe reported them.",
+);
+pub const CREATED: MetricDef = def(
+    "netns_created_total",
+    COUNTER,
+    &["comm"],
+    "Network namespaces created, by the comm of the creating process.",
+);
+pub const SETUP_FAILURES: MetricDef =
+    def("netns_setup_failures_total", COUNTER, &[], "Network namespace creations that failed.");
+pub const SETUP_DURATION: MetricDef = def(
+    "netns_setup_duration_seconds",
+    HISTOGRAM,
+    &[],
+    "Time to create and set up a network namespace (what is timed depends on the attach mode; see README).",
+);
+pub const DESTROYED: MetricDef = def(
+    "netns_destroyed_total",
+    COUNTER,
+    &[],
+    "Network namespaces whose teardown began (each counted once).",
+);
+pub const ALIVE: MetricDef =
+    def("netns_alive", GAUGE, &[], "Network namespaces alive in the kernel (teardown not yet begun).");
+
+/// Samples of one family, keyed by label values. Samples with equal label values are
+/// summed: distinct raw values can render alike, and duplicates would break the exposition.
+pub struct Family {
+    def: &'static MetricDef,
+    samples: BTreeMap<Vec<String>, f64>,
+    histogram: Option<proto::Histogram>,
+}
+
+impl Family {
+    pub fn new(def: &'static MetricDef) -> Self {
+        Self { def, samples: BTreeMap::new(), histogram: None }
+    }
+
+    /// Adds a counter or gauge sample.
+    pub fn add(&mut self, labels: &[&str], value: f64) -> &mut Self {
+        assert_eq!(labels.len(), self.def.labels.len(), "{}: wrong label count", self.def.name);
+        *self.samples.entry(labels.iter().map(|s| (*s).to_owned()).collect()).or_default() += value;
+        self
+    }
+
+    /// Sets the (label-less) histogram from per-bucket counts (not cumulative) with upper
+    /// bounds in seconds; the last count is the overflow bucket.
+    pub fn histogram(&mut self, bounds: &[f64], counts: &[u64], sum: f64) -> &mut Self {
+        assert_eq!(counts.len(), bounds.len() + 1, "{}: bucket count", self.def.name);
+        let mut h = proto::Histogram::default();
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(bounds.len());
+        for (bound, count) in bounds.iter().zip(counts) {
+            cumulative += count;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        cumulative += counts[bounds.len()];
+        h.set_bucket(buckets);
+        h.set_sample_count(cumulative);
+        h.set_sample_sum(sum);
+        self.histogram = Some(h);
+        self
+    }
+
+    pub fn finish(self) -> Option<MetricFamily> {
+        let mut family = MetricFamily::default();
+        family.set_name(self.def.name.to_owned());
+        family.set_help(self.def.help.to_owned());
+        family.set_field_type(self.def.kind);
+        let mut metrics = Vec::new();
+        if let Some(h) = self.histogram {
+            let mut m = proto::Metric::default();
+            m.set_histogram(h);
+            metrics.push(m);
+        }
+        for (values, value) in self.samples {
+            let mut m = proto::Metric::default();
+            let labels = self
+                .def
+                .labels
+                .iter()
+                .zip(values)
+                .map(|(name, value)| {
+                    let mut pair = proto::LabelPair::default();
+                    pair.set_name((*name).to_owned());
+                    pair.set_value(value);
+                    pair
+                })
+                .collect();
+            m.set_label(labels);
+            match self.def.kind {
+                COUNTER => {
+                    let mut c = proto::Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                }
+                _ => {
+                    let mut g = proto::Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+            }
+            metrics.push(m);
+        }
+        if metrics.is_empty() {
+            return None;
+        }
+        family.set_metric(metrics);
+        Some(family)
+    }
+}
+
+/// Prometheus text exposition of `families`.
+pub fn render(families: &[MetricFamily]) -> String {
+    let mut out = Vec::new();
+    if let Err(err) = TextEncoder::new().encode(families, &mut out) {
+        log::error!("rendering metrics failed: {err}");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(families: Vec<Option<MetricFamily>>) -> String {
+        render(&families.into_iter().flatten().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn counters_render_with_help_type_and_labels() {
+        let mut f = Family::new(&CREATED);
+        f.add(&["ip"], 5.0).add(&["unshare"], 3.0);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains("# TYPE netns_created_total counter"), "{out}");
+        assert!(out.contains("netns_created_total{comm=\"ip\"} 5\n"), "{out}");
+        assert!(out.contains("netns_created_total{comm=\"unshare\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        let mut f = Family::new(&CREATED);
+        f.add(&[&crate::labels::from_kernel(b"a\"b\\c\nd\xff")], 1.0);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains(r#"netns_created_total{comm="a\"b\\c\nd\\xff"} 1"#), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("netns_created_total")).count(), 1);
+    }
+
+    #[test]
+    fn equal_label_values_are_merged() {
+        let mut f = Family::new(&CREATED);
+        f.add(&["x"], 1.0).add(&["x"], 2.0);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains("netns_created_total{comm=\"x\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_in_inf() {
+        let mut f = Family::new(&SETUP_DURATION);
+        f.histogram(&[0.001, 0.01], &[2, 3, 1], 0.05);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"0.01\"} 5\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"+Inf\"} 6\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_count 6\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_sum 0.05\n"), "{out}");
+    }
+
+    #[test]
+    fn empty_families_are_left_out() {
+        assert!(Family::new(&CREATED).finish().is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "wrong label count")]
+    fn label_count_is_checked() {
+        Family::new(&CREATED).add(&[], 1.0);
+    }
+}

@@ -1,0 +1,407 @@
+//! Network namespace lifecycle in the kernel: creation (with setup time and failures),
+//! teardown, and the `LIVE` set the `netns_alive` gauge counts.
+//!
+//! Every attach mode feeds the same three functions, [`created`], [`failed`] and
+//! [`destroyed`], so the counting rules live in one place:
+//! - fentry/fexit and kprobe/kretprobe on `copy_net_ns` (5.4-6.17 `(unsigned long flags,
+//!   struct user_namespace *, struct net *old)`, 6.18+ `flags` is u64: the same register);
+//!   it runs for every namespace copy, so only `CLONE_NEWNET` calls count;
+//! - tracepoint mode (no kprobes, no fentry): `task:task_newtask` (clone with
+//!   `CLONE_NEWNET`, fired after the last failure point of `copy_process`) and
+//!   `syscalls:sys_{enter,exit}_unshare`, with `sys_{enter,exit}_clone{,3}` for timing and
+//!   failures;
+//! - teardown: fentry/kprobe on `__put_net(struct net *)` (the last active reference is gone;
+//!   runs once per namespace), or in tracepoint mode `percpu:percpu_free_percpu` for the
+//!   namespace's `core.prot_inuse` counters, which its exit handler frees in `cleanup_net`.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use netns_agent_common::{
+    CLONE_NEWNET, COMM_LEN,
+    lifecycle::{
+        LifecycleEvent, NetnsRecord, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS,
+        counter, event_kind,
+    },
+};
+
+use crate::kernel::{atomic_add, current_net, is_err_ptr, now_ns, offset, read};
+
+/// Namespaces alive in the kernel, by `net_cookie` (never reused, unlike the inode number).
+/// Sized by the agent (`limits.kernel_namespaces`).
+#[map]
+pub static LIVE: HashMap<u64, NetnsRecord> = HashMap::with_max_entries(32768, 0);
+
+/// `net->core.prot_inuse` -> `net_cookie`, for the tracepoint-mode teardown probe.
+#[map]
+static TEARDOWN_MARKERS: HashMap<u64, u64> = HashMap::with_max_entries(32768, 0);
+
+/// Creations by the creating task's comm.
+#[map]
+static CREATED_BY_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(1024, 0);
+
+/// See `netns_agent_common::lifecycle::counter`.
+#[map]
+static LIFECYCLE_COUNTERS: Array<u64> = Array::with_max_entries(counter::COUNT, 0);
+
+/// Setup-duration histogram, one slot per bucket (not cumulative).
+#[map]
+static SETUP_HISTOGRAM: Array<u64> = Array::with_max_entries(SETUP_HISTOGRAM_SLOTS, 0);
+
+/// Creations in flight, by thread id. LRU, so a start whose end was never seen cannot leak.
+#[map]
+static PENDING_CREATES: LruHashMap<u32, PendingCreate> = LruHashMap::with_max_entries(4096, 0);
+
+/// Lifecycle events for user space (attribution, journal). Sized by the agent.
+#[map]
+static LIFECYCLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+const EEXIST: i32 = -17;
+const ENOMEM: i64 = -12;
+const ENOSPC: i64 = -28;
+
+#[inline(always)]
+pub fn add(slot: u32, delta: u64) {
+    if let Some(ptr) = LIFECYCLE_COUNTERS.get_ptr_mut(slot) {
+        atomic_add(ptr, delta);
+    }
+}
+
+#[inline(always)]
+fn emit(event: &LifecycleEvent) {
+    if LIFECYCLE_EVENTS.output::<LifecycleEvent>(event, 0).is_err() {
+        add(counter::EVENTS_LOST, 1);
+    }
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn observe_setup(duration_ns: u64) {
+    let mut slot = SETUP_BUCKETS_NS.len() as u32;
+    for (i, bound) in SETUP_BUCKETS_NS.iter().enumerate() {
+        if duration_ns <= *bound {
+            slot = i as u32;
+            break;
+        }
+    }
+    if let Some(ptr) = SETUP_HISTOGRAM.get_ptr_mut(slot) {
+        atomic_add(ptr, 1);
+    }
+    add(counter::SETUP_SUM_NS, duration_ns);
+}
+
+#[inline(always)]
+fn count_comm(comm: &[u8; COMM_LEN]) {
+    if let Some(ptr) = CREATED_BY_COMM.get_ptr_mut(comm) {
+        atomic_add(ptr, 1);
+    } else if CREATED_BY_COMM.insert(comm, 1u64, u64::from(BPF_NOEXIST)).is_err() {
+        // Either another CPU inserted it first (count there) or the map is full.
+        match CREATED_BY_COMM.get_ptr_mut(comm) {
+            Some(ptr) => atomic_add(ptr, 1),
+            None => add(counter::CREATED_COMM_OVERFLOW, 1),
+        }
+    }
+}
+
+/// Starts tracking `net` in `LIVE` unless it is there already; returns its record.
+#[inline(always)]
+pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, i64> {
+    let inum: u32 = read(net, offset!(net_inum))?;
+    let prot_inuse: u64 = read(net, offset!(net_prot_inuse)).unwrap_or(0);
+    let record = NetnsRecord { inum, creator_pid, seen_ns: now, prot_inuse };
+    match LIVE.insert(cookie, record, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            add(counter::ALIVE, 1);
+            if prot_inuse != 0 {
+                let _ = TEARDOWN_MARKERS.insert(prot_inuse, cookie, 0);
+            }
+            Ok(true)
+        }
+        Err(EEXIST) => Ok(false),
+        Err(_) => {
+            add(counter::LIVE_FULL, 1);
+            Ok(false)
+        }
+    }
+}
+
+/// A namespace was created: count it, track it, tell user space.
+#[inline(always)]
+fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
+    let now = now_ns();
+    let pid = current_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    add(counter::CREATED, 1);
+    count_comm(&comm);
+    let duration_ns = if start_ns != 0 && now > start_ns { now - start_ns } else { 0 };
+    if duration_ns != 0 {
+        observe_setup(duration_ns);
+    }
+    let cookie: u64 = read(net, offset!(net_cookie))?;
+    track(net, cookie, pid, now)?;
+    let mut event = LifecycleEvent::new(event_kind::CREATED);
+    event.cookie = cookie;
+    event.inum = read(net, offset!(net_inum)).unwrap_or(0);
+    event.pid = pid;
+    event.member_pid = member_pid;
+    event.ts_ns = now;
+    event.duration_ns = duration_ns;
+    event.comm = comm;
+    emit(&event);
+    Ok(())
+}
+
+/// Creating a namespace failed with `error` (a negative errno).
+#[inline(always)]
+fn failed(error: i64) {
+    add(counter::SETUP_FAILURES, 1);
+    let mut event = LifecycleEvent::new(event_kind::SETUP_FAILED);
+    event.error = error as i32;
+    event.pid = current_tgid();
+    event.ts_ns = now_ns();
+    event.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    emit(&event);
+}
+
+/// The namespace with `cookie` is being torn down. Counted once: only the call that removes
+/// it from `LIVE` counts, whichever probe (or the inventory's reconciliation) gets there first.
+#[inline(always)]
+pub fn destroyed(cookie: u64, reconciled: bool) {
+    // SAFETY: the record is copied out before the remove below can recycle its slot.
+    let Some(record) = (unsafe { LIVE.get(cookie) }).copied() else {
+        return;
+    };
+    if LIVE.remove(cookie).is_err() {
+        return;
+    }
+    if record.prot_inuse != 0 {
+        let _ = TEARDOWN_MARKERS.remove(record.prot_inuse);
+    }
+    add(counter::DESTROYED, 1);
+    add(counter::ALIVE, u64::MAX);
+    if reconciled {
+        add(counter::RECONCILED, 1);
+    }
+    let mut event = LifecycleEvent::new(event_kind::DESTROYED);
+    event.cookie = cookie;
+    event.inum = record.inum;
+    event.pid = current_tgid();
+    event.ts_ns = now_ns();
+    event.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    emit(&event);
+}
+
+#[inline(always)]
+fn start_pending() {
+    let pending = PendingCreate { start_ns: now_ns() };
+    let _ = PENDING_CREATES.insert(current_tid(), pending, 0);
+}
+
+/// Takes the pending start of this thread's creation, if one was recorded.
+#[inline(always)]
+fn take_pending() -> Option<u64> {
+    let tid = current_tid();
+    // SAFETY: copied out before the remove.
+    let start = unsafe { PENDING_CREATES.get(tid) }.map(|p| p.start_ns)?;
+    let _ = PENDING_CREATES.remove(tid);
+    Some(start)
+}
+
+/// The end of `copy_net_ns`: `ret` is the new `struct net *` or an ERR_PTR.
+#[inline(always)]
+fn copy_net_ns_returned(ret: u64) {
+    let Some(start) = take_pending() else {
+        return;
+    };
+    if is_err_ptr(ret) {
+        failed(ret as i64);
+    } else {
+        let _ = created(ret, 0, start);
+    }
+}
+
+// ---- fentry / fexit ------------------------------------------------------------------
+
+#[fentry(function = "copy_net_ns")]
+pub fn lifecycle_create_fentry(ctx: FEntryContext) -> u32 {
+    let flags: u64 = ctx.arg(0);
+    if flags & CLONE_NEWNET != 0 {
+        start_pending();
+    }
+    0
+}
+
+#[fexit(function = "copy_net_ns")]
+pub fn lifecycle_create_fexit(ctx: FExitContext) -> u32 {
+    let flags: u64 = ctx.arg(0);
+    if flags & CLONE_NEWNET != 0 {
+        // fexit context: the three arguments, then the return value.
+        copy_net_ns_returned(ctx.arg(3));
+    }
+    0
+}
+
+#[fentry(function = "__put_net")]
+pub fn lifecycle_destroy_fentry(ctx: FEntryContext) -> u32 {
+    let net: u64 = ctx.arg(0);
+    if let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) {
+        destroyed(cookie, false);
+    }
+    0
+}
+
+// ---- kprobe / kretprobe --------------------------------------------------------------
+
+#[kprobe]
+pub fn lifecycle_create_kprobe(ctx: ProbeContext) -> u32 {
+    let flags: u64 = ctx.arg(0).unwrap_or(0);
+    if flags & CLONE_NEWNET != 0 {
+        start_pending();
+    }
+    0
+}
+
+#[kretprobe]
+pub fn lifecycle_create_kretprobe(ctx: RetProbeContext) -> u32 {
+    copy_net_ns_returned(ctx.ret());
+    0
+}
+
+#[kprobe]
+pub fn lifecycle_destroy_kprobe(ctx: ProbeContext) -> u32 {
+    let net: u64 = ctx.arg(0).unwrap_or(0);
+    if let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) {
+        destroyed(cookie, false);
+    }
+    0
+}
+
+// ---- tracepoints -----------------------------------------------------------------------
+
+// Classic syscall tracepoints: 8 bytes of common fields, `int __syscall_nr`, then the
+// arguments (sys_enter_*) or `long ret` (sys_exit_*) as 8-byte slots from offset 16.
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_RET: usize = 16;
+
+/// Errors that namespace creation itself returns (`copy_net_ns`: allocation, the
+/// `max_net_namespaces` limit, pernet init). Permission and argument errors are returned
+/// before any namespace work starts and are not setup failures.
+#[inline(always)]
+fn is_setup_error(ret: i64) -> bool {
+    ret == ENOMEM || ret == ENOSPC
+}
+
+#[inline(always)]
+fn syscall_returned(ctx: &TracePointContext) {
+    let Some(_start) = take_pending() else {
+        return;
+    };
+    // SAFETY: offset inside the tracepoint record.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(0);
+    if ret < 0 && is_setup_error(ret) {
+        failed(ret);
+    }
+}
+
+#[btf_tracepoint(function = "task_newtask")]
+pub fn lifecycle_create_newtask(ctx: BtfTracePointContext) -> u32 {
+    // task_newtask(struct task_struct *task, unsigned long/u64 clone_flags), in the parent.
+    let flags: u64 = ctx.arg(1);
+    if flags & CLONE_NEWNET == 0 {
+        return 0;
+    }
+    let task: u64 = ctx.arg(0);
+    let tid = current_tid();
+    // SAFETY: plain copy of the start time; sys_exit_clone* removes the entry.
+    let start = unsafe { PENDING_CREATES.get(tid) }.map(|p| p.start_ns).unwrap_or(0);
+    let member: u32 = read(task, offset!(task_tgid)).unwrap_or(0);
+    if let Ok(net) = crate::kernel::task_net(task) {
+        let _ = created(net, member, start);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_unshare")]
+pub fn lifecycle_unshare_enter(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset inside the tracepoint record.
+    let flags: u64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(0);
+    if flags & CLONE_NEWNET != 0 {
+        start_pending();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_unshare")]
+pub fn lifecycle_unshare_exit(ctx: TracePointContext) -> u32 {
+    let Some(start) = take_pending() else {
+        return 0;
+    };
+    // SAFETY: offset inside the tracepoint record.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(0);
+    if ret == 0 {
+        if let Ok(net) = current_net() {
+            let _ = created(net, current_tgid(), start);
+        }
+    } else if is_setup_error(ret) {
+        failed(ret);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_clone")]
+pub fn lifecycle_clone_enter(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset inside the tracepoint record.
+    let flags: u64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(0);
+    if flags & CLONE_NEWNET != 0 {
+        start_pending();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_clone3")]
+pub fn lifecycle_clone3_enter(ctx: TracePointContext) -> u32 {
+    // clone3(struct clone_args __user *uargs, size_t size): flags is the first u64.
+    // SAFETY: offset inside the tracepoint record; the user read is fault-safe.
+    let uargs: u64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(0);
+    let flags: u64 = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
+    if flags & CLONE_NEWNET != 0 {
+        start_pending();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_clone")]
+pub fn lifecycle_clone_exit(ctx: TracePointContext) -> u32 {
+    syscall_returned(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_clone3")]
+pub fn lifecycle_clone3_exit(ctx: TracePointContext) -> u32 {
+    syscall_returned(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "percpu_free_percpu")]
+pub fn lifecycle_destroy_percpu(ctx: BtfTracePointContext) -> u32 {
+    // percpu_free_percpu(void *base_addr, int off, void __percpu *ptr)
+    let ptr: u64 = ctx.arg(2);
+    // SAFETY: plain copy of the cookie.
+    if let Some(cookie) = unsafe { TEARDOWN_MARKERS.get(ptr) }.copied() {
+        destroyed(cookie, false);
+    }
+    0
+}
