@@ -1,1 +1,398 @@
+//! End-to-end test harness: starts the real agent as root, scrapes `/metrics`, and makes
+//! kernel ground truth (namespaces, processes) for the tests to count.
+//!
+//! Environment:
+//! - `NETNS_AGENT_BIN`: the agent binary (default: `target/debug/netns-agent`).
+//! - `NETNS_AGENT_TEST_MODE`: attach mode forced on the agent (default `tracepoint`, the
+//!   only one the CI host kernel has; the VM matrix sets `kprobe` and `fentry`).
+//! - `NETNS_AGENT_TEST_SLOWDOWN`: multiplies every wait (the VMs run under emulation).
 
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// The attach mode the tests force.
+pub fn mode() -> String {
+    std::env::var("NETNS_AGENT_TEST_MODE").unwrap_or_else(|_| "tracepoint".to_owned())
+}
+
+/// Scales waits for slow (emulated) machines.
+pub fn slowdown() -> u32 {
+    std::env::var("NETNS_AGENT_TEST_SLOWDOWN").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
+
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("NETNS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")
+    })
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `check` until it returns `Ok(Some(_))` or the (scaled) timeout passes; the last
+/// error explains the failure.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout * slowdown();
+    let mut last = String::from("never checked");
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => last = "condition not met".into(),
+            Err(err) => last = format!("{err:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}: {last}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running agent, stopped with SIGTERM on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in the test mode and waits until `/metrics` answers.
+    pub fn start() -> Result<Self> {
+        Self::start_with(&["--attach", &mode()])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "netns-agent-test-{}-{}.log",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = Command::new(agent_bin())
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", agent_bin().display()))?;
+        let mut agent = Self { child: Some(child), port, log };
+        wait_for("the agent to serve /metrics", Duration::from_secs(30), || {
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("agent exited with {status}: {}", agent.log_text());
+            }
+            Ok(agent.scrape().ok().map(|_| ()))
+        })?;
+        Ok(agent)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Result<String> {
+        http_get(self.port, path)
+    }
+
+    pub fn scrape(&self) -> Result<Metrics> {
+        Ok(Metrics::parse(&self.get("/metrics")?))
+    }
+
+    /// Stops the agent with SIGTERM and returns its exit status and log.
+    pub fn stop(mut self) -> Result<(std::process::ExitStatus, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_for("the agent to exit", Duration::from_secs(20), || Ok(child.try_wait()?))?;
+        Ok((status, self.log_text()))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET against loopback.
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10) * slowdown()))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "HTTP error: {head}");
+    Ok(body.to_owned())
+}
+
+/// A parsed exposition: `name{label="value",...}` -> value.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    samples: BTreeMap<String, BTreeMap<Vec<(String, String)>, f64>>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut samples: BTreeMap<String, BTreeMap<Vec<(String, String)>, f64>> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or(f64::NAN),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, Vec::new()),
+            };
+            samples.entry(name.to_owned()).or_default().insert(labels, value);
+        }
+        Self { samples, text: text.to_owned() }
+    }
+
+    /// The sample with exactly these labels, or 0 when absent (counters start at zero).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut key: Vec<(String, String)> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        key.sort();
+        self.samples.get(name).and_then(|m| m.get(&key)).copied().unwrap_or(0.0)
+    }
+
+    /// Sum over every sample of `name`.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples.get(name).map(|m| m.values().sum()).unwrap_or(0.0)
+    }
+
+    /// Label sets of `name`.
+    pub fn series(&self, name: &str) -> Vec<BTreeMap<String, String>> {
+        self.samples
+            .get(name)
+            .map(|m| m.keys().map(|k| k.iter().cloned().collect()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses `a="x",b="y\"z"` with the exposition's escapes.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if name.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((name.trim_start_matches(',').to_owned(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs a command, failing with its stderr if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+/// A unique name for test namespaces and devices.
+pub fn unique(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A named namespace (`ip netns add`), deleted on drop.
+pub struct NamedNetns {
+    pub name: String,
+    deleted: bool,
+}
+
+impl NamedNetns {
+    pub fn add(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        run("ip", &["netns", "add", &name])?;
+        Ok(Self { name, deleted: false })
+    }
+
+    /// The namespace inode, as `ls -L -i /run/netns/NAME` shows it.
+    pub fn inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(std::fs::metadata(format!("/run/netns/{}", self.name))?.ino())
+    }
+
+    pub fn delete(mut self) -> Result<()> {
+        self.deleted = true;
+        run("ip", &["netns", "del", &self.name]).map(|_| ())
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        }
+    }
+}
+
+/// The comm of the calling thread (what the kernel reports for creations made here).
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default().trim_end().to_owned()
+}
+
+/// Creates a namespace with `clone(CLONE_NEWNET)` (or clone3); the child exits at once.
+pub fn clone_newnet(clone3: bool) -> Result<()> {
+    match raw_clone_newnet(clone3) {
+        // SAFETY: the child exits immediately, touching nothing of the parent's state.
+        0 => unsafe { libc::_exit(0) },
+        -1 => bail!("clone failed: {}", std::io::Error::last_os_error()),
+        pid => {
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+            Ok(())
+        }
+    }
+}
+
+/// A fork-like clone with `CLONE_NEWNET`: 0 in the child, the child's pid or -1 in the caller.
+/// Only raw syscalls: it also runs in forked children of this multi-threaded process.
+fn raw_clone_newnet(clone3: bool) -> i64 {
+    const CLONE_NEWNET: u64 = 0x4000_0000;
+    if clone3 {
+        #[repr(C)]
+        #[derive(Default)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+        }
+        let args = CloneArgs { flags: CLONE_NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        // SAFETY: a fork-like clone3; the caller makes the child exit at once.
+        unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) }
+    } else {
+        // SAFETY: a fork-like clone (no new stack); the caller makes the child exit at once.
+        unsafe { libc::syscall(libc::SYS_clone, CLONE_NEWNET | libc::SIGCHLD as u64, 0, 0, 0, 0) }
+    }
+}
+
+/// Makes namespace creation fail for real: a child process enters a new user namespace,
+/// sets its `max_net_namespaces` to 0 (the kernel's own limit, checked in copy_net_ns) and
+/// tries `unshares` unshare(CLONE_NEWNET), then `clones` clone and clone3 calls each.
+/// Every attempt must fail with ENOSPC. Returns how many attempts were made.
+pub fn failing_creations(unshares: u32, clones: u32) -> Result<u32> {
+    let uid_map = c"/proc/self/uid_map";
+    let limit = c"/proc/sys/user/max_net_namespaces";
+    // SAFETY: after fork the child runs only raw syscalls on pre-built data, then _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; every path ends in _exit.
+        unsafe {
+            let write_all = |path: &std::ffi::CStr, data: &[u8]| {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                fd >= 0 && libc::write(fd, data.as_ptr().cast(), data.len()) == data.len() as isize
+            };
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(10);
+            }
+            if !write_all(uid_map, b"0 0 1\n") || !write_all(limit, b"0\n") {
+                libc::_exit(11);
+            }
+            for _ in 0..unshares {
+                if libc::unshare(libc::CLONE_NEWNET) == 0 || *libc::__errno_location() != libc::ENOSPC {
+                    libc::_exit(12);
+                }
+            }
+            for clone3 in [false, true] {
+                for _ in 0..clones {
+                    match raw_clone_newnet(clone3) {
+                        0 => libc::_exit(0),
+                        -1 if *libc::__errno_location() == libc::ENOSPC => {}
+                        _ => libc::_exit(13),
+                    }
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    ensure!(pid > 0, "fork failed: {}", std::io::Error::last_os_error());
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "failing-creation child exited with status {status:#x} (10: no user namespace, 11: \
+         cannot set the limit, 12/13: a creation did not fail with ENOSPC)"
+    );
+    Ok(unshares + 2 * clones)
+}
+
+/// Network namespaces visible from user space now: process namespaces and nsfs mounts.
+/// (Namespaces held only by a socket are invisible here.)
+pub fn visible_namespaces() -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut set = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if let Ok(meta) = std::fs::metadata(entry.path().join("ns/net")) {
+                set.insert(meta.ino());
+            }
+        }
+    }
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if let (Some(root), Some(sep)) = (fields.get(3), fields.iter().position(|f| *f == "-"))
+                && fields.get(sep + 1) == Some(&"nsfs")
+                && let Some(inum) = root.strip_prefix("net:[").and_then(|r| r.strip_suffix(']'))
+                && let Ok(inum) = inum.parse()
+            {
+                set.insert(inum);
+            }
+        }
+    }
+    set
+}

@@ -77,10 +77,11 @@ impl KernelLayout {
         if !path.exists() {
             return Err(LayoutError::Missing { path: path.to_owned() });
         }
-        let btf = Btf::from_file(path).map_err(|err| LayoutError::Unreadable {
-            path: path.to_owned(),
-            reason: err.to_string(),
-        })?;
+        let unreadable = |reason: String| LayoutError::Unreadable { path: path.to_owned(), reason };
+        // One read: parsing straight from the file issues thousands of small reads, which
+        // costs seconds under emulation.
+        let bytes = std::fs::read(path).map_err(|err| unreadable(err.to_string()))?;
+        let btf = Btf::from_bytes(&bytes).map_err(|err| unreadable(err.to_string()))?;
         Ok(Self { btf, path: path.to_owned() })
     }
 

@@ -49,6 +49,12 @@ fn usage_error(err: clap::Error) -> ExitCode {
     let rendered = err.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("netns-agent: {first}; see 'netns-agent --help'");
+    let values = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("[possible values:"))
+        .map(|l| format!(" {l}"))
+        .unwrap_or_default();
+    eprintln!("netns-agent: {first}{values}; see 'netns-agent --help'");
     ExitCode::from(2)
 }

@@ -248,8 +248,11 @@ pub fn lifecycle_create_fentry(ctx: FEntryContext) -> u32 {
 pub fn lifecycle_create_fexit(ctx: FExitContext) -> u32 {
     let flags: u64 = ctx.arg(0);
     if flags & CLONE_NEWNET != 0 {
-        // fexit context: the three arguments, then the return value.
-        copy_net_ns_returned(ctx.arg(3));
+        // Through bpf_get_func_ret (5.17+), not the raw context slot: the verifier types that
+        // slot as a `struct net *` and refuses to store an ERR_PTR of it as an integer.
+        if let Ok(ret) = ctx.ret::<u64>() {
+            copy_net_ns_returned(ret);
+        }
     }
     0
 }
