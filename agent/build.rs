@@ -9,7 +9,11 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("ebpf crate not found at {}", metadata.display()))?;
     let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "netns-agent-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "netns-agent-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -27,31 +27,42 @@ pub fn mode() -> String {
 
 /// Scales waits for slow (emulated) machines.
 pub fn slowdown() -> u32 {
-    std::env::var("NETNS_AGENT_TEST_SLOWDOWN").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+    std::env::var("NETNS_AGENT_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
 }
 
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("NETNS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")
-    })
+    std::env::var_os("NETNS_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")
+        })
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `check` until it returns `Ok(Some(_))` or the (scaled) timeout passes; the last
 /// error explains the failure.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout * slowdown();
-    let mut last = String::from("never checked");
     loop {
-        match check() {
+        let last = match check() {
             Ok(Some(value)) => return Ok(value),
-            Ok(None) => last = "condition not met".into(),
-            Err(err) => last = format!("{err:#}"),
-        }
+            Ok(None) => "condition not met".to_owned(),
+            Err(err) => format!("{err:#}"),
+        };
         if Instant::now() > deadline {
             bail!("timed out waiting for {what}: {last}");
         }
@@ -87,13 +98,25 @@ impl Agent {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("starting {}", agent_bin().display()))?;
-        let mut agent = Self { child: Some(child), port, log };
-        wait_for("the agent to serve /metrics", Duration::from_secs(30), || {
-            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("agent exited with {status}: {}", agent.log_text());
-            }
-            Ok(agent.scrape().ok().map(|_| ()))
-        })?;
+        let mut agent = Self {
+            child: Some(child),
+            port,
+            log,
+        };
+        wait_for(
+            "the agent to serve /metrics",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = agent
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    bail!("agent exited with {status}: {}", agent.log_text());
+                }
+                Ok(agent.scrape().ok().map(|_| ()))
+            },
+        )?;
         Ok(agent)
     }
 
@@ -114,7 +137,9 @@ impl Agent {
         let mut child = self.child.take().context("already stopped")?;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = wait_for("the agent to exit", Duration::from_secs(20), || Ok(child.try_wait()?))?;
+        let status = wait_for("the agent to exit", Duration::from_secs(20), || {
+            Ok(child.try_wait()?)
+        })?;
         Ok((status, self.log_text()))
     }
 }
@@ -136,8 +161,13 @@ pub fn http_get(port: u16, path: &str) -> Result<String> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "HTTP error: {head}");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "HTTP error: {head}"
+    );
     Ok(body.to_owned())
 }
 
@@ -151,8 +181,13 @@ pub struct Metrics {
 impl Metrics {
     pub fn parse(text: &str) -> Self {
         let mut samples: BTreeMap<String, BTreeMap<Vec<(String, String)>, f64>> = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
             let value: f64 = match value {
                 "+Inf" => f64::INFINITY,
                 v => v.parse().unwrap_or(f64::NAN),
@@ -161,22 +196,37 @@ impl Metrics {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, Vec::new()),
             };
-            samples.entry(name.to_owned()).or_default().insert(labels, value);
+            samples
+                .entry(name.to_owned())
+                .or_default()
+                .insert(labels, value);
         }
-        Self { samples, text: text.to_owned() }
+        Self {
+            samples,
+            text: text.to_owned(),
+        }
     }
 
     /// The sample with exactly these labels, or 0 when absent (counters start at zero).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut key: Vec<(String, String)> =
-            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut key: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         key.sort();
-        self.samples.get(name).and_then(|m| m.get(&key)).copied().unwrap_or(0.0)
+        self.samples
+            .get(name)
+            .and_then(|m| m.get(&key))
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// Sum over every sample of `name`.
     pub fn sum(&self, name: &str) -> f64 {
-        self.samples.get(name).map(|m| m.values().sum()).unwrap_or(0.0)
+        self.samples
+            .get(name)
+            .map(|m| m.values().sum())
+            .unwrap_or(0.0)
     }
 
     /// Label sets of `name`.
@@ -223,7 +273,10 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
 
 /// Runs a command, failing with its stderr if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
     ensure!(
         out.status.success(),
         "{cmd} {} failed ({}): {}",
@@ -237,7 +290,11 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
 /// A unique name for test namespaces and devices.
 pub fn unique(prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A named namespace (`ip netns add`), deleted on drop.
@@ -250,7 +307,10 @@ impl NamedNetns {
     pub fn add(prefix: &str) -> Result<Self> {
         let name = unique(prefix);
         run("ip", &["netns", "add", &name])?;
-        Ok(Self { name, deleted: false })
+        Ok(Self {
+            name,
+            deleted: false,
+        })
     }
 
     /// The namespace inode, as `ls -L -i /run/netns/NAME` shows it.
@@ -268,14 +328,19 @@ impl NamedNetns {
 impl Drop for NamedNetns {
     fn drop(&mut self) {
         if !self.deleted {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
         }
     }
 }
 
 /// The comm of the calling thread (what the kernel reports for creations made here).
 pub fn thread_comm() -> String {
-    std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default().trim_end().to_owned()
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
 }
 
 /// Creates a namespace with `clone(CLONE_NEWNET)` (or clone3); the child exits at once.
@@ -310,12 +375,31 @@ fn raw_clone_newnet(clone3: bool) -> i64 {
             stack_size: u64,
             tls: u64,
         }
-        let args = CloneArgs { flags: CLONE_NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let args = CloneArgs {
+            flags: CLONE_NEWNET,
+            exit_signal: libc::SIGCHLD as u64,
+            ..Default::default()
+        };
         // SAFETY: a fork-like clone3; the caller makes the child exit at once.
-        unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) }
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                size_of::<CloneArgs>(),
+            )
+        }
     } else {
         // SAFETY: a fork-like clone (no new stack); the caller makes the child exit at once.
-        unsafe { libc::syscall(libc::SYS_clone, CLONE_NEWNET | libc::SIGCHLD as u64, 0, 0, 0, 0) }
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                CLONE_NEWNET | libc::SIGCHLD as u64,
+                0,
+                0,
+                0,
+                0,
+            )
+        }
     }
 }
 
@@ -342,7 +426,9 @@ pub fn failing_creations(unshares: u32, clones: u32) -> Result<u32> {
                 libc::_exit(11);
             }
             for _ in 0..unshares {
-                if libc::unshare(libc::CLONE_NEWNET) == 0 || *libc::__errno_location() != libc::ENOSPC {
+                if libc::unshare(libc::CLONE_NEWNET) == 0
+                    || *libc::__errno_location() != libc::ENOSPC
+                {
                     libc::_exit(12);
                 }
             }

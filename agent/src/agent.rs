@@ -37,7 +37,13 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     let btf = Btf::parse_file(&settings.btf, Endianness::default())
         .with_context(|| format!("cannot parse BTF {}", settings.btf.display()))?;
     let ebpf = loader::load(&offsets, &btf, &settings.limits)?;
-    Ok(Prepared { release, layout, fields, btf, ebpf })
+    Ok(Prepared {
+        release,
+        layout,
+        fields,
+        btf,
+        ebpf,
+    })
 }
 
 /// What `/metrics` reads.
@@ -56,7 +62,10 @@ impl AgentState {
         let mut attached = metrics::Family::new(&metrics::PROBE_ATTACHED);
         for (probe, mode, modes) in &self.probes {
             for m in modes {
-                attached.add(&[probe, m.as_str()], if *mode == Some(*m) { 1.0 } else { 0.0 });
+                attached.add(
+                    &[probe, m.as_str()],
+                    if *mode == Some(*m) { 1.0 } else { 0.0 },
+                );
             }
         }
         out.extend(attached.finish());
@@ -80,13 +89,23 @@ pub fn outcome_line(outcome: &ProbeOutcome) -> String {
         Some(mode) => format!("probe {}: attached ({mode})", outcome.probe.name),
         None => format!("probe {}: NOT attached", outcome.probe.name),
     };
-    if failures.is_empty() { head } else { format!("{head}; {}", failures.join("; ")) }
+    if failures.is_empty() {
+        head
+    } else {
+        format!("{head}; {}", failures.join("; "))
+    }
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Bind first: a taken port should fail before any probe touches the kernel.
     let listener = crate::http::bind(settings.listen).await?;
-    let Prepared { release, layout, fields, btf, mut ebpf } = prepare(&settings)?;
+    let Prepared {
+        release,
+        layout,
+        fields,
+        btf,
+        mut ebpf,
+    } = prepare(&settings)?;
     log::info!(
         "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved)",
         env!("CARGO_PKG_VERSION"),
@@ -114,17 +133,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     "inventory: {} namespaces alive in the kernel ({} dying){}",
                     walk.status.count,
                     walk.status.dying,
-                    if walk.status.complete == 1 { "" } else { "; walk INCOMPLETE" }
+                    if walk.status.complete == 1 {
+                        ""
+                    } else {
+                        "; walk INCOMPLETE"
+                    }
                 );
                 Some(inventory)
             }
             Err(err) => {
-                log::warn!("inventory walk failed, netns_alive counts only namespaces created from now on: {err}");
+                log::warn!(
+                    "inventory walk failed, netns_alive counts only namespaces created from now on: {err}"
+                );
                 None
             }
         },
         Err(err) => {
-            log::warn!("inventory unavailable, netns_alive counts only namespaces created from now on: {err}");
+            log::warn!(
+                "inventory unavailable, netns_alive counts only namespaces created from now on: {err}"
+            );
             None
         }
     };
@@ -133,7 +160,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         kernel: release,
         probes: outcomes
             .iter()
-            .map(|o| (o.probe.name, o.attached, o.probe.variants.iter().map(|v| v.mode).collect()))
+            .map(|o| {
+                (
+                    o.probe.name,
+                    o.attached,
+                    o.probe.variants.iter().map(|v| v.mode).collect(),
+                )
+            })
             .collect(),
         lifecycle: lifecycle_maps,
     });
@@ -151,9 +184,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             loop {
                 ticker.tick().await;
                 let ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
-                match inventory.walk(&ebpf).and_then(|walk| inventory.reconcile(&ebpf, &walk)) {
+                match inventory
+                    .walk(&ebpf)
+                    .and_then(|walk| inventory.reconcile(&ebpf, &walk))
+                {
                     Ok(0) => {}
-                    Ok(n) => log::info!("inventory: {n} namespaces were gone without a teardown event"),
+                    Ok(n) => {
+                        log::info!("inventory: {n} namespaces were gone without a teardown event")
+                    }
                     Err(err) => log::warn!("inventory: {err}"),
                 }
             }

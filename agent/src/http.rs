@@ -38,8 +38,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AgentState>>) -> impl IntoResponse {
-    let body = tokio::task::spawn_blocking(move || state.render()).await.unwrap_or_default();
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AgentState>>,
+) -> impl IntoResponse {
+    let body = tokio::task::spawn_blocking(move || state.render())
+        .await
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
 }
 

@@ -29,25 +29,73 @@ struct FieldSpec {
 
 /// Every field the kernel programs read. The single place that knows where they moved.
 const FIELDS: &[FieldSpec] = &[
-    FieldSpec { name: "task_nsproxy", paths: &["task_struct.nsproxy"], set: |o, v| o.task_nsproxy = v },
-    FieldSpec { name: "task_tgid", paths: &["task_struct.tgid"], set: |o, v| o.task_tgid = v },
-    FieldSpec { name: "task_comm", paths: &["task_struct.comm"], set: |o, v| o.task_comm = v },
-    FieldSpec { name: "nsproxy_net_ns", paths: &["nsproxy.net_ns"], set: |o, v| o.nsproxy_net_ns = v },
+    FieldSpec {
+        name: "task_nsproxy",
+        paths: &["task_struct.nsproxy"],
+        set: |o, v| o.task_nsproxy = v,
+    },
+    FieldSpec {
+        name: "task_tgid",
+        paths: &["task_struct.tgid"],
+        set: |o, v| o.task_tgid = v,
+    },
+    FieldSpec {
+        name: "task_comm",
+        paths: &["task_struct.comm"],
+        set: |o, v| o.task_comm = v,
+    },
+    FieldSpec {
+        name: "nsproxy_net_ns",
+        paths: &["nsproxy.net_ns"],
+        set: |o, v| o.nsproxy_net_ns = v,
+    },
     // ns_common.inum: offset 16 up to 6.17, 24 from 6.18 (ns_type was added in front).
-    FieldSpec { name: "net_inum", paths: &["net.ns.inum"], set: |o, v| o.net_inum = v },
+    FieldSpec {
+        name: "net_inum",
+        paths: &["net.ns.inum"],
+        set: |o, v| o.net_inum = v,
+    },
     // The active count moved into ns_common as `count` (5.12-6.17), renamed `__ns_ref` in 6.18.
     FieldSpec {
         name: "net_refcount",
         paths: &["net.ns.__ns_ref", "net.ns.count", "net.count"],
         set: |o, v| o.net_refcount = v,
     },
-    FieldSpec { name: "net_ns_ops", paths: &["net.ns.ops"], set: |o, v| o.net_ns_ops = v },
-    FieldSpec { name: "net_cookie", paths: &["net.net_cookie"], set: |o, v| o.net_cookie = v },
-    FieldSpec { name: "net_list", paths: &["net.list"], set: |o, v| o.net_list = v },
-    FieldSpec { name: "net_prot_inuse", paths: &["net.core.prot_inuse"], set: |o, v| o.net_prot_inuse = v },
-    FieldSpec { name: "netdev_nd_net", paths: &["net_device.nd_net.net"], set: |o, v| o.netdev_nd_net = v },
-    FieldSpec { name: "netdev_ifindex", paths: &["net_device.ifindex"], set: |o, v| o.netdev_ifindex = v },
-    FieldSpec { name: "netdev_name", paths: &["net_device.name"], set: |o, v| o.netdev_name = v },
+    FieldSpec {
+        name: "net_ns_ops",
+        paths: &["net.ns.ops"],
+        set: |o, v| o.net_ns_ops = v,
+    },
+    FieldSpec {
+        name: "net_cookie",
+        paths: &["net.net_cookie"],
+        set: |o, v| o.net_cookie = v,
+    },
+    FieldSpec {
+        name: "net_list",
+        paths: &["net.list"],
+        set: |o, v| o.net_list = v,
+    },
+    FieldSpec {
+        name: "net_prot_inuse",
+        paths: &["net.core.prot_inuse"],
+        set: |o, v| o.net_prot_inuse = v,
+    },
+    FieldSpec {
+        name: "netdev_nd_net",
+        paths: &["net_device.nd_net.net"],
+        set: |o, v| o.netdev_nd_net = v,
+    },
+    FieldSpec {
+        name: "netdev_ifindex",
+        paths: &["net_device.ifindex"],
+        set: |o, v| o.netdev_ifindex = v,
+    },
+    FieldSpec {
+        name: "netdev_name",
+        paths: &["net_device.name"],
+        set: |o, v| o.netdev_name = v,
+    },
 ];
 
 /// Names of every field the programs may read.
@@ -75,19 +123,30 @@ impl KernelLayout {
 
     pub fn open(path: &Path) -> Result<Self, LayoutError> {
         if !path.exists() {
-            return Err(LayoutError::Missing { path: path.to_owned() });
+            return Err(LayoutError::Missing {
+                path: path.to_owned(),
+            });
         }
-        let unreadable = |reason: String| LayoutError::Unreadable { path: path.to_owned(), reason };
+        let unreadable = |reason: String| LayoutError::Unreadable {
+            path: path.to_owned(),
+            reason,
+        };
         // One read: parsing straight from the file issues thousands of small reads, which
         // costs seconds under emulation.
         let bytes = std::fs::read(path).map_err(|err| unreadable(err.to_string()))?;
         let btf = Btf::from_bytes(&bytes).map_err(|err| unreadable(err.to_string()))?;
-        Ok(Self { btf, path: path.to_owned() })
+        Ok(Self {
+            btf,
+            path: path.to_owned(),
+        })
     }
 
     #[cfg(test)]
     fn from_bytes(bytes: &[u8]) -> Self {
-        Self { btf: Btf::from_bytes(bytes).expect("valid BTF"), path: PathBuf::from("<test>") }
+        Self {
+            btf: Btf::from_bytes(bytes).expect("valid BTF"),
+            path: PathBuf::from("<test>"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -105,7 +164,10 @@ impl KernelLayout {
                     .iter()
                     .find_map(|path| self.member_offset(path).map(|offset| (*path, offset)));
                 (spec.set)(&mut offsets, found.map_or(UNKNOWN, |(_, offset)| offset));
-                ResolvedField { name: spec.name, found }
+                ResolvedField {
+                    name: spec.name,
+                    found,
+                }
             })
             .collect();
         (offsets, fields)
@@ -132,7 +194,7 @@ impl KernelLayout {
                 current = self.as_struct(ty)?;
             }
         }
-        (total_bits % 8 == 0).then_some(total_bits / 8)
+        total_bits.is_multiple_of(8).then_some(total_bits / 8)
     }
 
     fn struct_named(&self, name: &str) -> Option<btf_rs::Struct> {
@@ -151,7 +213,10 @@ impl KernelLayout {
         for _ in 0..16 {
             ty = match ty {
                 Type::Struct(s) | Type::Union(s) => return Some(s),
-                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_)
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
                 | Type::TypeTag(_) => self.btf.resolve_chained_type(ty.as_btf_type()?).ok()?,
                 _ => return None,
             };
@@ -201,7 +266,11 @@ pub(crate) mod test_btf {
 
     impl BtfBuilder {
         pub fn new() -> Self {
-            Self { types: Vec::new(), strings: vec![0], next_id: 1 }
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
         }
 
         fn string(&mut self, s: &str) -> u32 {
@@ -212,7 +281,11 @@ pub(crate) mod test_btf {
         }
 
         fn header(&mut self, name: &str, kind: u32, vlen: u32, size_or_type: u32) -> u32 {
-            let name_off = if name.is_empty() { 0 } else { self.string(name) };
+            let name_off = if name.is_empty() {
+                0
+            } else {
+                self.string(name)
+            };
             for word in [name_off, (kind << 24) | vlen, size_or_type] {
                 self.types.extend_from_slice(&word.to_le_bytes());
             }
@@ -232,7 +305,13 @@ pub(crate) mod test_btf {
         }
 
         /// A struct (kind 4) or union (kind 5) with (name, type, byte offset) members.
-        pub fn composite(&mut self, union: bool, name: &str, size: u32, members: &[Member<'_>]) -> u32 {
+        pub fn composite(
+            &mut self,
+            union: bool,
+            name: &str,
+            size: u32,
+            members: &[Member<'_>],
+        ) -> u32 {
             let resolved: Vec<(u32, u32, u32)> = members
                 .iter()
                 .map(|m| match m {
@@ -283,36 +362,61 @@ mod tests {
         let u64_t = b.int("long long unsigned int", 8);
         let ptr = b.ptr(u64_t);
         let ns_common = if v6_18 {
-            b.composite(false, "ns_common", 40, &[
-                Named("ns_type", u32_t, 0),
-                Named("stashed", ptr, 8),
-                Named("ops", ptr, 16),
-                Named("inum", u32_t, 24),
-                Named("__ns_ref", u32_t, 28),
-            ])
+            b.composite(
+                false,
+                "ns_common",
+                40,
+                &[
+                    Named("ns_type", u32_t, 0),
+                    Named("stashed", ptr, 8),
+                    Named("ops", ptr, 16),
+                    Named("inum", u32_t, 24),
+                    Named("__ns_ref", u32_t, 28),
+                ],
+            )
         } else {
-            b.composite(false, "ns_common", 24, &[
-                Named("stashed", ptr, 0),
-                Named("ops", ptr, 8),
-                Named("inum", u32_t, 16),
-                Named("count", u32_t, 20),
-            ])
+            b.composite(
+                false,
+                "ns_common",
+                24,
+                &[
+                    Named("stashed", ptr, 0),
+                    Named("ops", ptr, 8),
+                    Named("inum", u32_t, 16),
+                    Named("count", u32_t, 20),
+                ],
+            )
         };
-        let list = b.composite(false, "list_head", 16, &[Named("next", ptr, 0), Named("prev", ptr, 8)]);
+        let list = b.composite(
+            false,
+            "list_head",
+            16,
+            &[Named("next", ptr, 0), Named("prev", ptr, 8)],
+        );
         let core = b.composite(false, "netns_core", 32, &[Named("prot_inuse", ptr, 24)]);
         let anon = b.composite(true, "", 8, &[Named("net_cookie", u64_t, 0)]);
-        b.composite(false, "net", 512, &[
-            Named("list", list, 40),
-            Named("ns", ns_common, 160),
-            Named("core", core, 300),
-            Anonymous(anon, 400),
-        ]);
+        b.composite(
+            false,
+            "net",
+            512,
+            &[
+                Named("list", list, 40),
+                Named("ns", ns_common, 160),
+                Named("core", core, 300),
+                Anonymous(anon, 400),
+            ],
+        );
         let possible = b.composite(false, "", 8, &[Named("net", ptr, 0)]);
-        b.composite(false, "net_device", 1024, &[
-            Named("ifindex", u32_t, 224),
-            Named("nd_net", possible, 264),
-            Named("name", u64_t, 280),
-        ]);
+        b.composite(
+            false,
+            "net_device",
+            1024,
+            &[
+                Named("ifindex", u32_t, 224),
+                Named("nd_net", possible, 264),
+                Named("name", u64_t, 280),
+            ],
+        );
         b.func("copy_net_ns");
         KernelLayout::from_bytes(&b.build())
     }
@@ -366,7 +470,9 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_fix() {
-        let err = KernelLayout::open(Path::new("/nonexistent/vmlinux")).err().unwrap();
+        let err = KernelLayout::open(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .unwrap();
         let text = err.to_string();
         assert!(text.contains("BTF missing"), "{text}");
         assert!(text.contains("CONFIG_DEBUG_INFO_BTF"), "{text}");
@@ -376,9 +482,17 @@ mod tests {
     fn host_btf_resolves_every_field() {
         // The agent needs kernel BTF; every machine this suite runs on has it.
         let path = Path::new(KernelLayout::DEFAULT_PATH);
-        assert!(path.exists(), "{} missing: the agent cannot run here", path.display());
+        assert!(
+            path.exists(),
+            "{} missing: the agent cannot run here",
+            path.display()
+        );
         let (_, fields) = KernelLayout::open(path).unwrap().resolve();
-        let missing: Vec<_> = fields.iter().filter(|f| f.found.is_none()).map(|f| f.name).collect();
+        let missing: Vec<_> = fields
+            .iter()
+            .filter(|f| f.found.is_none())
+            .map(|f| f.name)
+            .collect();
         assert!(missing.is_empty(), "unresolved on this kernel: {missing:?}");
     }
 }

@@ -28,8 +28,14 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(MapError { name, reason: "missing from the object".into() })?;
-    T::try_from(map).map_err(|err| MapError { name, reason: err.to_string() })
+    let map = ebpf.take_map(name).ok_or(MapError {
+        name,
+        reason: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|err| MapError {
+        name,
+        reason: err.to_string(),
+    })
 }
 
 /// The kernel's lifecycle counters.
@@ -63,10 +69,15 @@ impl LifecycleMaps {
         }
 
         let bounds: Vec<f64> = SETUP_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).collect();
-        let counts: Vec<u64> =
-            (0..SETUP_HISTOGRAM_SLOTS).map(|slot| self.histogram.get(&slot, 0).unwrap_or(0)).collect();
+        let counts: Vec<u64> = (0..SETUP_HISTOGRAM_SLOTS)
+            .map(|slot| self.histogram.get(&slot, 0).unwrap_or(0))
+            .collect();
         let mut duration = metrics::Family::new(&metrics::SETUP_DURATION);
-        duration.histogram(&bounds, &counts, self.counter(counter::SETUP_SUM_NS) as f64 / 1e9);
+        duration.histogram(
+            &bounds,
+            &counts,
+            self.counter(counter::SETUP_SUM_NS) as f64 / 1e9,
+        );
 
         let single = |def: &'static metrics::MetricDef, value: f64| {
             let mut f = metrics::Family::new(def);
@@ -76,15 +87,27 @@ impl LifecycleMaps {
         out.extend(
             [
                 created.finish(),
-                single(&metrics::SETUP_FAILURES, self.counter(counter::SETUP_FAILURES) as f64),
+                single(
+                    &metrics::SETUP_FAILURES,
+                    self.counter(counter::SETUP_FAILURES) as f64,
+                ),
                 duration.finish(),
                 single(&metrics::DESTROYED, self.counter(counter::DESTROYED) as f64),
                 // Two's complement in the kernel: seeded by the walk, so never below zero
                 // once the inventory ran; clamp for kernels where it cannot.
-                single(&metrics::ALIVE, (self.counter(counter::ALIVE) as i64).max(0) as f64),
-                single(&metrics::EVENTS_LOST, self.counter(counter::EVENTS_LOST) as f64),
+                single(
+                    &metrics::ALIVE,
+                    (self.counter(counter::ALIVE) as i64).max(0) as f64,
+                ),
+                single(
+                    &metrics::EVENTS_LOST,
+                    self.counter(counter::EVENTS_LOST) as f64,
+                ),
                 single(&metrics::LIVE_FULL, self.counter(counter::LIVE_FULL) as f64),
-                single(&metrics::RECONCILED, self.counter(counter::RECONCILED) as f64),
+                single(
+                    &metrics::RECONCILED,
+                    self.counter(counter::RECONCILED) as f64,
+                ),
             ]
             .into_iter()
             .flatten(),
@@ -113,7 +136,10 @@ pub fn describe(event: &LifecycleEvent) -> String {
         ),
         event_kind::DESTROYED => format!("netns {} teardown began", event.inum),
         event_kind::SETUP_FAILED => {
-            format!("netns creation by pid {} ({comm:?}) failed: errno {}", event.pid, -event.error)
+            format!(
+                "netns creation by pid {} ({comm:?}) failed: errno {}",
+                event.pid, -event.error
+            )
         }
         other => format!("unknown lifecycle event kind {other}"),
     }
@@ -162,7 +188,10 @@ mod tests {
         };
         let parsed = parse_event(bytes).unwrap();
         assert_eq!(parsed, event);
-        assert_eq!(describe(&parsed), "netns 4026532000 created by pid 42 (\"ip\") in 1.500 ms");
+        assert_eq!(
+            describe(&parsed),
+            "netns 4026532000 created by pid 42 (\"ip\") in 1.500 ms"
+        );
         assert!(parse_event(&bytes[..10]).is_none());
     }
 }

@@ -5,7 +5,9 @@
 use std::fmt;
 
 /// How a probe hooks the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// BPF trampolines on function entry/exit (fentry/fexit): exact, cheap; needs BTF and a
@@ -39,14 +41,33 @@ impl fmt::Display for Mode {
 /// function has had; the first one this kernel has is used.
 #[derive(Clone, Copy, Debug)]
 pub enum Hook {
-    Fentry { program: &'static str, functions: &'static [&'static str] },
-    Fexit { program: &'static str, functions: &'static [&'static str] },
-    Kprobe { program: &'static str, functions: &'static [&'static str] },
-    Kretprobe { program: &'static str, functions: &'static [&'static str] },
+    Fentry {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    Fexit {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    Kprobe {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    Kretprobe {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
     /// A BTF-typed tracepoint (`tp_btf`): typed pointer arguments, no tracefs needed.
-    BtfTracepoint { program: &'static str, tracepoint: &'static str },
+    BtfTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
     /// A classic tracepoint under tracefs `events/<category>/<name>`.
-    Tracepoint { program: &'static str, category: &'static str, name: &'static str },
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
 }
 
 impl Hook {
@@ -93,8 +114,13 @@ pub struct ProbeSpec {
     pub variants: &'static [Variant],
 }
 
-const NET_FIELDS: &[&str] =
-    &["net_inum", "net_cookie", "net_prot_inuse", "task_nsproxy", "nsproxy_net_ns"];
+const NET_FIELDS: &[&str] = &[
+    "net_inum",
+    "net_cookie",
+    "net_prot_inuse",
+    "task_nsproxy",
+    "nsproxy_net_ns",
+];
 
 pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
     name: "netns_create",
@@ -103,8 +129,14 @@ pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Fentry,
             hooks: &[
-                Hook::Fentry { program: "lifecycle_create_fentry", functions: &["copy_net_ns"] },
-                Hook::Fexit { program: "lifecycle_create_fexit", functions: &["copy_net_ns"] },
+                Hook::Fentry {
+                    program: "lifecycle_create_fentry",
+                    functions: &["copy_net_ns"],
+                },
+                Hook::Fexit {
+                    program: "lifecycle_create_fexit",
+                    functions: &["copy_net_ns"],
+                },
             ],
             fields: NET_FIELDS,
             sees: "every copy_net_ns(CLONE_NEWNET) and its result; setup time is the whole \
@@ -113,8 +145,14 @@ pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::Kprobe { program: "lifecycle_create_kprobe", functions: &["copy_net_ns"] },
-                Hook::Kretprobe { program: "lifecycle_create_kretprobe", functions: &["copy_net_ns"] },
+                Hook::Kprobe {
+                    program: "lifecycle_create_kprobe",
+                    functions: &["copy_net_ns"],
+                },
+                Hook::Kretprobe {
+                    program: "lifecycle_create_kretprobe",
+                    functions: &["copy_net_ns"],
+                },
             ],
             fields: NET_FIELDS,
             sees: "every copy_net_ns(CLONE_NEWNET) and its result; setup time is the whole \
@@ -123,15 +161,49 @@ pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Tracepoint,
             hooks: &[
-                Hook::BtfTracepoint { program: "lifecycle_create_newtask", tracepoint: "task_newtask" },
-                Hook::Tracepoint { program: "lifecycle_unshare_enter", category: "syscalls", name: "sys_enter_unshare" },
-                Hook::Tracepoint { program: "lifecycle_unshare_exit", category: "syscalls", name: "sys_exit_unshare" },
-                Hook::Tracepoint { program: "lifecycle_clone_enter", category: "syscalls", name: "sys_enter_clone" },
-                Hook::Tracepoint { program: "lifecycle_clone_exit", category: "syscalls", name: "sys_exit_clone" },
-                Hook::Tracepoint { program: "lifecycle_clone3_enter", category: "syscalls", name: "sys_enter_clone3" },
-                Hook::Tracepoint { program: "lifecycle_clone3_exit", category: "syscalls", name: "sys_exit_clone3" },
+                Hook::BtfTracepoint {
+                    program: "lifecycle_create_newtask",
+                    tracepoint: "task_newtask",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_unshare_enter",
+                    category: "syscalls",
+                    name: "sys_enter_unshare",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_unshare_exit",
+                    category: "syscalls",
+                    name: "sys_exit_unshare",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone_enter",
+                    category: "syscalls",
+                    name: "sys_enter_clone",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone_exit",
+                    category: "syscalls",
+                    name: "sys_exit_clone",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone3_enter",
+                    category: "syscalls",
+                    name: "sys_enter_clone3",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone3_exit",
+                    category: "syscalls",
+                    name: "sys_exit_clone3",
+                },
             ],
-            fields: &["net_inum", "net_cookie", "net_prot_inuse", "task_nsproxy", "nsproxy_net_ns", "task_tgid"],
+            fields: &[
+                "net_inum",
+                "net_cookie",
+                "net_prot_inuse",
+                "task_nsproxy",
+                "nsproxy_net_ns",
+                "task_tgid",
+            ],
             sees: "creations by clone/clone3 (task_newtask) and unshare (sys_exit_unshare); \
                    setup time is the whole unshare/clone syscall; failures are those calls \
                    failing with ENOMEM or ENOSPC (EPERM/EINVAL are refused before any \
@@ -146,19 +218,28 @@ pub static NETNS_DESTROY: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
-            hooks: &[Hook::Fentry { program: "lifecycle_destroy_fentry", functions: &["__put_net"] }],
+            hooks: &[Hook::Fentry {
+                program: "lifecycle_destroy_fentry",
+                functions: &["__put_net"],
+            }],
             fields: &["net_cookie"],
             sees: "__put_net: the last reference is gone and teardown is queued",
         },
         Variant {
             mode: Mode::Kprobe,
-            hooks: &[Hook::Kprobe { program: "lifecycle_destroy_kprobe", functions: &["__put_net"] }],
+            hooks: &[Hook::Kprobe {
+                program: "lifecycle_destroy_kprobe",
+                functions: &["__put_net"],
+            }],
             fields: &["net_cookie"],
             sees: "__put_net: the last reference is gone and teardown is queued",
         },
         Variant {
             mode: Mode::Tracepoint,
-            hooks: &[Hook::BtfTracepoint { program: "lifecycle_destroy_percpu", tracepoint: "percpu_free_percpu" }],
+            hooks: &[Hook::BtfTracepoint {
+                program: "lifecycle_destroy_percpu",
+                tracepoint: "percpu_free_percpu",
+            }],
             fields: &["net_prot_inuse"],
             sees: "percpu_free_percpu of the namespace's core.prot_inuse: its exit handlers \
                    run in cleanup_net (teardown under way, usually within milliseconds of \
@@ -195,7 +276,12 @@ mod tests {
             let modes: Vec<Mode> = probe.variants.iter().map(|v| v.mode).collect();
             let unique: HashSet<Mode> = modes.iter().copied().collect();
             assert_eq!(unique.len(), modes.len(), "{}: duplicate mode", probe.name);
-            assert_eq!(unique.len(), Mode::ALL.len(), "{}: a mode is missing", probe.name);
+            assert_eq!(
+                unique.len(),
+                Mode::ALL.len(),
+                "{}: a mode is missing",
+                probe.name
+            );
         }
     }
 

@@ -19,7 +19,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, RingBuf},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use netns_agent_common::{
     CLONE_NEWNET, COMM_LEN,
@@ -107,7 +110,10 @@ fn observe_setup(duration_ns: u64) {
 fn count_comm(comm: &[u8; COMM_LEN]) {
     if let Some(ptr) = CREATED_BY_COMM.get_ptr_mut(comm) {
         atomic_add(ptr, 1);
-    } else if CREATED_BY_COMM.insert(comm, 1u64, u64::from(BPF_NOEXIST)).is_err() {
+    } else if CREATED_BY_COMM
+        .insert(comm, 1u64, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         // Either another CPU inserted it first (count there) or the map is full.
         match CREATED_BY_COMM.get_ptr_mut(comm) {
             Some(ptr) => atomic_add(ptr, 1),
@@ -121,7 +127,12 @@ fn count_comm(comm: &[u8; COMM_LEN]) {
 pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, i64> {
     let inum: u32 = read(net, offset!(net_inum))?;
     let prot_inuse: u64 = read(net, offset!(net_prot_inuse)).unwrap_or(0);
-    let record = NetnsRecord { inum, creator_pid, seen_ns: now, prot_inuse };
+    let record = NetnsRecord {
+        inum,
+        creator_pid,
+        seen_ns: now,
+        prot_inuse,
+    };
     match LIVE.insert(cookie, record, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             add(counter::ALIVE, 1);
@@ -146,7 +157,11 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     add(counter::CREATED, 1);
     count_comm(&comm);
-    let duration_ns = if start_ns != 0 && now > start_ns { now - start_ns } else { 0 };
+    let duration_ns = if start_ns != 0 && now > start_ns {
+        now - start_ns
+    } else {
+        0
+    };
     if duration_ns != 0 {
         observe_setup(duration_ns);
     }
@@ -329,7 +344,9 @@ pub fn lifecycle_create_newtask(ctx: BtfTracePointContext) -> u32 {
     let task: u64 = ctx.arg(0);
     let tid = current_tid();
     // SAFETY: plain copy of the start time; sys_exit_clone* removes the entry.
-    let start = unsafe { PENDING_CREATES.get(tid) }.map(|p| p.start_ns).unwrap_or(0);
+    let start = unsafe { PENDING_CREATES.get(tid) }
+        .map(|p| p.start_ns)
+        .unwrap_or(0);
     let member: u32 = read(task, offset!(task_tgid)).unwrap_or(0);
     if let Ok(net) = crate::kernel::task_net(task) {
         let _ = created(net, member, start);

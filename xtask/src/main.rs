@@ -1,1 +1,76 @@
-fn main() {}
+//! Build, run and test automation: `cargo xtask <command>`.
+//!
+//! Every command first installs what it needs (idempotent, quick when already there), so
+//! the same commands work on a fresh machine and in CI.
+
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netns-agent automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the build and test prerequisites (toolchain parts, bpf-linker, packages,
+    /// VM kernels, virtme-ng).
+    Setup,
+    /// Build the agent (release).
+    Build,
+    /// Build and run the agent as root with default settings; arguments after `--` go to
+    /// `netns-agent run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: lint, unit tests, end-to-end tests on this kernel (tracepoint mode)
+    /// and in VMs running Debian's 6.1 and 6.12 kernels (kprobe and fentry modes).
+    Test(test::TestArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Setup => {
+            setup::build_tools()?;
+            setup::test_tools()?;
+            setup::vm_tools()?;
+            Ok(())
+        }
+        Command::Build => {
+            setup::build_tools()?;
+            util::cargo(&["build", "--release", "-p", "netns-agent"])
+        }
+        Command::Run { args } => {
+            setup::build_tools()?;
+            util::cargo(&["build", "--release", "-p", "netns-agent"])?;
+            let bin = util::workspace_root().join("target/release/netns-agent");
+            let mut cmd = if util::is_root() {
+                std::process::Command::new(&bin)
+            } else {
+                let mut sudo = std::process::Command::new("sudo");
+                sudo.arg(&bin);
+                sudo
+            };
+            cmd.arg("run").args(&args);
+            let status = cmd.status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Command::Test(args) => test::run(args),
+    }
+}

@@ -1,0 +1,414 @@
+//! `cargo xtask test`: lint, unit tests, end-to-end tests on the host kernel (tracepoint
+//! mode) and the VM matrix (Debian 6.1 and 6.12 kernels booted with virtme-ng; kprobe and
+//! fentry modes). Ends with a summary naming each (kernel, mode) and its result.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    setup,
+    util::{cargo, is_root, step, workspace_root},
+};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the VM matrix (host tiers only).
+    #[arg(long)]
+    no_vm: bool,
+    /// Run only the VM matrix (after building).
+    #[arg(long, conflicts_with = "no_vm")]
+    vm_only: bool,
+    /// Attach modes to test in the VMs.
+    #[arg(long, value_delimiter = ',', default_value = "kprobe,fentry")]
+    vm_modes: Vec<String>,
+    /// Only run end-to-end tests whose name contains this (passed to the test binaries).
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+/// One row of the summary.
+struct Tier {
+    name: String,
+    passed: u32,
+    failed: u32,
+    /// Set when the tier could not run its tests to the end.
+    error: Option<String>,
+    elapsed: Duration,
+}
+
+impl Tier {
+    fn ok(&self) -> bool {
+        self.failed == 0 && self.error.is_none()
+    }
+}
+
+/// Sums the `test result:` lines of cargo test output.
+fn count_results(output: &str) -> (u32, u32) {
+    let mut passed = 0;
+    let mut failed = 0;
+    for line in output.lines().filter(|l| l.starts_with("test result:")) {
+        let number_before = |word: &str| {
+            line.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .strip_suffix(word)
+                        .and_then(|n| n.split_whitespace().last()?.parse::<u32>().ok())
+                })
+                .unwrap_or(0)
+        };
+        passed += number_before(" passed");
+        failed += number_before(" failed");
+    }
+    (passed, failed)
+}
+
+pub fn run(args: TestArgs) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask test loads eBPF programs and creates namespaces: run it as root (sudo -E cargo xtask test)"
+        );
+    }
+    let started = Instant::now();
+    setup::build_tools()?;
+    setup::test_tools()?;
+    let kernels = if args.no_vm {
+        Vec::new()
+    } else {
+        setup::vm_tools()?
+    };
+    let mut tiers = Vec::new();
+
+    if !args.vm_only {
+        tiers.push(lint());
+        tiers.push(unit());
+    }
+    step("building the agent (release) and the end-to-end tests");
+    cargo(&["build", "--release", "-p", "netns-agent"])?;
+    let binaries = e2e_binaries()?;
+    let agent = workspace_root().join("target/release/netns-agent");
+
+    if !args.vm_only {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        tiers.push(host(
+            &binaries,
+            &agent,
+            release.trim(),
+            args.filter.as_deref(),
+        ));
+    }
+    for kernel in &kernels {
+        tiers.extend(vm(
+            kernel,
+            &args.vm_modes,
+            &binaries,
+            &agent,
+            args.filter.as_deref(),
+        ));
+    }
+
+    let mut summary = String::from("\n== summary ==\n");
+    for tier in &tiers {
+        let status = if tier.ok() { "ok" } else { "FAILED" };
+        let _ = write!(
+            summary,
+            "{:<46} {:<7} {:>4} passed, {:>3} failed  ({:.0} s)",
+            tier.name,
+            status,
+            tier.passed,
+            tier.failed,
+            tier.elapsed.as_secs_f64()
+        );
+        if let Some(err) = &tier.error {
+            let _ = write!(summary, "  {err}");
+        }
+        summary.push('\n');
+    }
+    let passed: u32 = tiers.iter().map(|t| t.passed).sum();
+    let failed: u32 = tiers.iter().map(|t| t.failed).sum::<u32>()
+        + tiers.iter().filter(|t| t.error.is_some()).count() as u32;
+    let _ = writeln!(
+        summary,
+        "total time {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(summary, "{passed} passed, {failed} failed");
+    print!("{summary}");
+    if tiers.iter().all(Tier::ok) {
+        Ok(())
+    } else {
+        bail!("some tests failed")
+    }
+}
+
+fn timed(name: impl Into<String>, f: impl FnOnce() -> (u32, u32, Option<String>)) -> Tier {
+    let start = Instant::now();
+    let (passed, failed, error) = f();
+    Tier {
+        name: name.into(),
+        passed,
+        failed,
+        error,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn lint() -> Tier {
+    step("lint: cargo fmt --check, cargo clippy -D warnings");
+    timed("lint  fmt, clippy -D warnings", || {
+        let root = workspace_root();
+        let cargo = |toolchain: Option<&str>, args: &[&str]| {
+            let mut cmd = match toolchain {
+                Some(t) => {
+                    let mut c = Command::new("rustup");
+                    c.args(["run", t, "cargo"]);
+                    c
+                }
+                None => Command::new(env!("CARGO")),
+            };
+            cmd.args(args)
+                .current_dir(&root)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let checks = [
+            cargo(None, &["fmt", "--all", "--check"]),
+            cargo(
+                None,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "netns-agent-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ),
+            // The kernel programs only build for the BPF target, with nightly.
+            cargo(
+                Some("nightly"),
+                &[
+                    "clippy",
+                    "-p",
+                    "netns-agent-ebpf",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ),
+        ];
+        let failed = checks.iter().filter(|ok| !**ok).count() as u32;
+        (checks.len() as u32 - failed, failed, None)
+    })
+}
+
+fn unit() -> Tier {
+    step("unit tests");
+    timed("unit  cargo test (workspace)", || {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "netns-agent-e2e",
+                "--exclude",
+                "netns-agent-ebpf",
+            ])
+            .current_dir(workspace_root())
+            .stderr(Stdio::inherit())
+            .output();
+        match out {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                print!("{text}");
+                let (passed, failed) = count_results(&text);
+                let error = (!out.status.success() && failed == 0)
+                    .then(|| format!("cargo test: {}", out.status));
+                (passed, failed, error)
+            }
+            Err(err) => (0, 0, Some(err.to_string())),
+        }
+    })
+}
+
+/// Builds the end-to-end test binaries and returns their paths.
+fn e2e_binaries() -> Result<Vec<PathBuf>> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "-p",
+            "netns-agent-e2e",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the end-to-end tests failed");
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["kind"][0] == "test"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            binaries.push(PathBuf::from(exe));
+        }
+    }
+    if binaries.is_empty() {
+        bail!("no end-to-end test binaries were built");
+    }
+    Ok(binaries)
+}
+
+fn host(binaries: &[PathBuf], agent: &Path, release: &str, filter: Option<&str>) -> Tier {
+    step(&format!(
+        "end-to-end tests on this kernel ({release}), tracepoint mode"
+    ));
+    timed(format!("host  Linux {release} / tracepoint"), || {
+        let mut output = String::new();
+        let mut error = None;
+        for binary in binaries {
+            let mut cmd = Command::new(binary);
+            cmd.arg("--test-threads=1")
+                .args(filter)
+                .env("NETNS_AGENT_BIN", agent)
+                .env("NETNS_AGENT_TEST_MODE", "tracepoint")
+                .stderr(Stdio::inherit());
+            match cmd.output() {
+                Ok(out) => {
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    print!("{text}");
+                    if !out.status.success() && count_results(&text).1 == 0 {
+                        error = Some(format!("{} exited with {}", binary.display(), out.status));
+                    }
+                    output.push_str(&text);
+                }
+                Err(err) => error = Some(format!("{}: {err}", binary.display())),
+            }
+        }
+        let (passed, failed) = count_results(&output);
+        (passed, failed, error)
+    })
+}
+
+/// Boots `kernel` once and runs every test binary in each mode; returns a tier per mode.
+fn vm(
+    kernel: &Path,
+    modes: &[String],
+    binaries: &[PathBuf],
+    agent: &Path,
+    filter: Option<&str>,
+) -> Vec<Tier> {
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .trim_start_matches("vmlinuz-")
+        .to_owned();
+    step(&format!("VM: Linux {version}, modes {}", modes.join(", ")));
+    let dir = workspace_root().join("target/vm").join(&version);
+    let start = Instant::now();
+    let result = (|| -> Result<()> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut script =
+            String::from("#!/bin/sh\n# Generated by cargo xtask test: runs inside the VM.\n");
+        for mode in modes {
+            for binary in binaries {
+                let _ = writeln!(
+                    script,
+                    "NETNS_AGENT_BIN={agent} NETNS_AGENT_TEST_MODE={mode} NETNS_AGENT_TEST_SLOWDOWN=10 {binary} --test-threads=1 {filter} >> {dir}/{mode}.log 2>&1; echo \"{binary} $?\" >> {dir}/{mode}.rc",
+                    agent = agent.display(),
+                    binary = binary.display(),
+                    filter = filter.unwrap_or(""),
+                    dir = dir.display(),
+                );
+            }
+        }
+        let script_path = dir.join("run.sh");
+        std::fs::write(&script_path, script)?;
+        std::fs::set_permissions(
+            &script_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let vng = setup::vng().context("vng not found")?;
+        let console = std::fs::File::create(dir.join("console.log"))?;
+        // Software emulation (no KVM here): bounded so a hung guest cannot stall CI.
+        let status = Command::new("timeout")
+            .args(["--signal=KILL", "2400"])
+            .arg(vng)
+            .arg("-r")
+            .arg(kernel)
+            .args(["--disable-kvm", "-m", "2G", "--rwdir"])
+            .arg(&dir)
+            .arg("--")
+            .arg(&script_path)
+            .stdout(console.try_clone()?)
+            .stderr(console)
+            .stdin(Stdio::null())
+            .status()?;
+        if status.code() == Some(137) {
+            bail!("the VM timed out (see {}/console.log)", dir.display());
+        }
+        Ok(())
+    })();
+    let elapsed = start.elapsed();
+    modes
+        .iter()
+        .map(|mode| {
+            let log = std::fs::read_to_string(dir.join(format!("{mode}.log"))).unwrap_or_default();
+            let rcs = std::fs::read_to_string(dir.join(format!("{mode}.rc"))).unwrap_or_default();
+            print!("{log}");
+            let (passed, failed) = count_results(&log);
+            let crashed = rcs.lines().filter(|l| !l.ends_with(" 0")).count() as u32;
+            let error = match &result {
+                Err(err) => Some(err.to_string()),
+                Ok(()) if rcs.lines().count() < binaries.len() => Some(format!(
+                    "the VM stopped early (see {}/console.log)",
+                    dir.display()
+                )),
+                Ok(()) if crashed > failed => Some(format!(
+                    "{crashed} test binaries failed without a test result"
+                )),
+                Ok(()) => None,
+            };
+            Tier {
+                name: format!("vm    Linux {version} / {mode}"),
+                passed,
+                failed,
+                error,
+                elapsed: elapsed / modes.len() as u32,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_summed_over_binaries() {
+        let text = "test a ... ok\ntest result: ok. 8 passed; 0 failed; 0 ignored\n\
+                    test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured\n";
+        assert_eq!(count_results(text), (9, 2));
+        assert_eq!(count_results("no tests"), (0, 0));
+    }
+}
