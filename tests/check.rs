@@ -7,7 +7,13 @@ use netns_agent_e2e::{agent_bin, mode, run};
 fn check_explains_every_mode_and_picks_one_that_works() -> Result<()> {
     let out = run(agent_bin().to_str().unwrap(), &["check"])?;
     let text = String::from_utf8(out.stdout)?;
-    for probe in ["netns_create", "netns_destroy"] {
+    for probe in [
+        "netns_create",
+        "netns_destroy",
+        "device_move",
+        "route_lookup_ipv4",
+        "route_lookup_ipv6",
+    ] {
         ensure!(
             text.contains(&format!("{probe}: ")),
             "{probe} missing:\n{text}"

@@ -482,3 +482,113 @@ pub fn visible_namespaces() -> std::collections::BTreeSet<u64> {
     }
     set
 }
+
+/// Runs `f` on a thread that has entered the named namespace (network namespaces are
+/// per-thread: the rest of the test process stays where it is).
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("/run/netns/{name}");
+    thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on a valid nsfs fd; it only changes this thread's namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        drop(file);
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
+}
+
+/// Sends `count` UDP datagrams from namespace `ns` to `dst` with one unconnected socket
+/// (one output route lookup per datagram).
+pub fn send_udp(ns: &str, dst: &str, count: u32) -> Result<()> {
+    let dst: std::net::SocketAddr = dst.parse()?;
+    in_netns(ns, move || {
+        let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        for _ in 0..count {
+            // A route error is what some tests want: count attempts, not successes.
+            let _ = socket.send_to(b"netns-agent", dst);
+        }
+        Ok(())
+    })
+}
+
+/// Three namespaces joined by veth pairs: `a` - `r` - `b`, with `r` forwarding IPv4 and IPv6.
+/// a: 10.77.1.2/24, fd77:1::2/64; r: 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1;
+/// b: 10.77.2.2/24, fd77:2::2/64. Deleted on drop.
+pub struct RouterTopology {
+    pub a: NamedNetns,
+    pub r: NamedNetns,
+    pub b: NamedNetns,
+}
+
+impl RouterTopology {
+    pub fn new() -> Result<Self> {
+        let (a, r, b) = (
+            NamedNetns::add("ta")?,
+            NamedNetns::add("tr")?,
+            NamedNetns::add("tb")?,
+        );
+        let ip = |ns: &NamedNetns, args: &str| -> Result<()> {
+            let mut full = vec!["-n", ns.name.as_str()];
+            full.extend(args.split_whitespace());
+            run("ip", &full).map(|_| ())
+        };
+        for ns in [&a, &r, &b] {
+            ip(ns, "link set lo up")?;
+        }
+        ip(
+            &a,
+            &format!("link add va type veth peer name vra netns {}", r.name),
+        )?;
+        ip(
+            &b,
+            &format!("link add vb type veth peer name vrb netns {}", r.name),
+        )?;
+        ip(&a, "addr add 10.77.1.2/24 dev va")?;
+        ip(&a, "addr add fd77:1::2/64 dev va nodad")?;
+        ip(&a, "link set va up")?;
+        ip(&a, "route add default via 10.77.1.1")?;
+        ip(&a, "-6 route add default via fd77:1::1")?;
+        ip(&r, "addr add 10.77.1.1/24 dev vra")?;
+        ip(&r, "addr add fd77:1::1/64 dev vra nodad")?;
+        ip(&r, "addr add 10.77.2.1/24 dev vrb")?;
+        ip(&r, "addr add fd77:2::1/64 dev vrb nodad")?;
+        ip(&r, "link set vra up")?;
+        ip(&r, "link set vrb up")?;
+        ip(&b, "addr add 10.77.2.2/24 dev vb")?;
+        ip(&b, "addr add fd77:2::2/64 dev vb nodad")?;
+        ip(&b, "link set vb up")?;
+        ip(&b, "route add default via 10.77.2.1")?;
+        ip(&b, "-6 route add default via fd77:2::1")?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &r.name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &r.name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
+        Ok(Self { a, r, b })
+    }
+}

@@ -35,7 +35,13 @@ fn wait_destroyed(agent: &Agent, destroyed: f64) -> Result<Metrics> {
 fn forced_mode_is_the_one_attached() -> Result<()> {
     let agent = Agent::start()?;
     let m = agent.scrape()?;
-    for probe in ["netns_create", "netns_destroy"] {
+    for probe in [
+        "netns_create",
+        "netns_destroy",
+        "device_move",
+        "route_lookup_ipv4",
+        "route_lookup_ipv6",
+    ] {
         for other in ["fentry", "kprobe", "tracepoint"] {
             let want = if other == mode() { 1.0 } else { 0.0 };
             let got = m.get(

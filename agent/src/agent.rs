@@ -1,20 +1,32 @@
 //! `netns-agent run`: load, attach, seed, serve, and detach everything on SIGINT/SIGTERM.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use aya::{Btf, Ebpf, Endianness};
+use aya::{
+    Btf, Ebpf, Endianness,
+    maps::{Array, MapData},
+};
+use netns_agent_common::events::kind;
 use prometheus::proto::MetricFamily;
 
 use crate::{
     attach::{self, KernelView, ProbeOutcome},
     config::Settings,
+    events::{self, Event, EventMaps},
     host,
     inventory::Inventory,
     kernel_layout::{KernelLayout, ResolvedField},
     lifecycle::{self, LifecycleMaps},
     loader, metrics,
+    moves::{self, MoveMaps},
+    namespaces::NamespaceTable,
     probes::Mode,
+    routes::RouteMaps,
 };
 
 /// Everything start-up learns about the kernel, and the loaded (not yet attached) object.
@@ -46,11 +58,22 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     })
 }
 
-/// What `/metrics` reads.
+/// Locks a mutex, recovering from a panicked holder (the data stays usable).
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What `/metrics` reads, and what the event and housekeeping tasks update.
 pub struct AgentState {
     kernel: String,
     probes: Vec<(&'static str, Option<Mode>, Vec<Mode>)>,
     lifecycle: LifecycleMaps,
+    events_lost: Array<MapData, u64>,
+    routes: Mutex<RouteMaps>,
+    moves: Mutex<MoveMaps>,
+    pub namespaces: Mutex<NamespaceTable>,
 }
 
 impl AgentState {
@@ -69,12 +92,48 @@ impl AgentState {
             }
         }
         out.extend(attached.finish());
+        let mut lost = metrics::Family::new(&metrics::EVENTS_LOST);
+        lost.add(&[], self.events_lost.get(&0, 0).unwrap_or(0) as f64);
+        out.extend(lost.finish());
         self.lifecycle.collect(&mut out);
+        let namespaces = lock(&self.namespaces);
+        lock(&self.moves).collect(&namespaces, &mut out);
+        lock(&self.routes).collect(&namespaces, &mut out);
         out
     }
 
     pub fn render(&self) -> String {
         metrics::render(&self.gather())
+    }
+
+    /// Applies one kernel event.
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::Lifecycle(e) => {
+                log::debug!("{}", lifecycle::describe(&e));
+                let mut namespaces = lock(&self.namespaces);
+                match e.kind {
+                    kind::NETNS_CREATED => namespaces.alive(e.cookie, e.inum),
+                    kind::NETNS_DESTROYED => namespaces.destroyed(e.cookie, e.inum, Instant::now()),
+                    _ => {}
+                }
+            }
+            Event::Move(e) => log::info!("{}", moves::describe(&e)),
+        }
+    }
+
+    /// Drops the series of namespaces destroyed longer than `grace` ago, in user space and in
+    /// the kernel's counters.
+    fn expire(&self, grace: Duration) {
+        let removed: HashSet<u64> = {
+            let mut namespaces = lock(&self.namespaces);
+            namespaces.expire(grace, Instant::now());
+            namespaces.take_removed().into_iter().collect()
+        };
+        if !removed.is_empty() {
+            lock(&self.routes).forget(&removed);
+            lock(&self.moves).forget(&removed);
+        }
     }
 }
 
@@ -125,7 +184,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let lifecycle_maps = LifecycleMaps::take(&mut ebpf)?;
-    let events = lifecycle::take_events(&mut ebpf)?;
+    let event_maps = EventMaps::take(&mut ebpf)?;
+    let mut namespaces = NamespaceTable::default();
     let inventory = match Inventory::load(&mut ebpf) {
         Ok(inventory) => match inventory.walk(&ebpf) {
             Ok(walk) => {
@@ -139,6 +199,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                         "; walk INCOMPLETE"
                     }
                 );
+                namespaces.sync(&inventory.live(), Instant::now());
                 Some(inventory)
             }
             Err(err) => {
@@ -169,34 +230,44 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             })
             .collect(),
         lifecycle: lifecycle_maps,
+        events_lost: event_maps.lost,
+        routes: Mutex::new(RouteMaps::take(&mut ebpf)?),
+        moves: Mutex::new(MoveMaps::take(&mut ebpf)?),
+        namespaces: Mutex::new(namespaces),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));
 
-    let events_task = tokio::spawn(lifecycle::consume_events(events, |event| {
-        log::debug!("{}", lifecycle::describe(&event));
-    }));
-    let reconcile_task = inventory.map(|inventory| {
+    let events_task = {
+        let state = Arc::clone(&state);
+        tokio::spawn(events::consume(event_maps.ring, move |event| {
+            state.on_event(event)
+        }))
+    };
+    let housekeeping_task = {
+        let state = Arc::clone(&state);
         let ebpf = Arc::clone(&ebpf);
-        let interval = settings.inventory_interval;
+        let (interval, grace) = (settings.inventory_interval, settings.series_grace);
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.tick().await;
+            let mut expire_ticker = tokio::time::interval(Duration::from_secs(1).min(grace));
+            let mut inventory_ticker = tokio::time::interval(interval);
+            inventory_ticker.tick().await;
             loop {
-                ticker.tick().await;
-                let ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
-                match inventory
-                    .walk(&ebpf)
-                    .and_then(|walk| inventory.reconcile(&ebpf, &walk))
-                {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        log::info!("inventory: {n} namespaces were gone without a teardown event")
+                tokio::select! {
+                    _ = expire_ticker.tick() => state.expire(grace),
+                    _ = inventory_ticker.tick() => {
+                        let Some(inventory) = &inventory else { continue };
+                        let ebpf = lock(&ebpf);
+                        match inventory.walk(&ebpf).and_then(|walk| inventory.reconcile(&ebpf, &walk)) {
+                            Ok(0) => {}
+                            Ok(n) => log::info!("inventory: {n} namespaces were gone without a teardown event"),
+                            Err(err) => log::warn!("inventory: {err}"),
+                        }
+                        lock(&state.namespaces).sync(&inventory.live(), Instant::now());
                     }
-                    Err(err) => log::warn!("inventory: {err}"),
                 }
             }
         })
-    });
+    };
 
     log::info!("serving metrics on http://{}/metrics", settings.listen);
     axum::serve(listener, crate::http::router(Arc::clone(&state)))
@@ -205,10 +276,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
 
     events_task.abort();
-    if let Some(task) = reconcile_task {
-        task.abort();
-        let _ = task.await;
-    }
+    housekeeping_task.abort();
+    let _ = housekeeping_task.await;
     // Dropping the object detaches every link and unloads every program.
     drop(Arc::try_unwrap(ebpf).map(|m| m.into_inner()));
     log::info!("stopped; all probes detached");

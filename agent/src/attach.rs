@@ -225,8 +225,19 @@ pub fn describe(err: &ProgramError) -> String {
     {
         let log = verifier_log.to_string();
         log::debug!("verifier log:\n{log}");
-        return match log.lines().rev().find(|l| !l.trim().is_empty()) {
-            Some(last) => format!("the verifier rejected it ({io_error}): {}", last.trim()),
+        let statistics = [
+            "processed ",
+            "verification time",
+            "stack depth",
+            "max_states_per_insn",
+        ];
+        let reason = log
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !statistics.iter().any(|s| l.starts_with(s)));
+        return match reason {
+            Some(reason) => format!("the verifier rejected it ({io_error}): {reason}"),
             None => format!("the kernel refused to load it ({io_error}) before verification"),
         };
     }

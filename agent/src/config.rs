@@ -14,6 +14,10 @@ use crate::{attach::Policy, probes::Mode};
 /// outside it and not used by the usual exporters.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:19110";
 
+/// How long a destroyed namespace's series stay: long enough for a few scrapes at the usual
+/// 15-60 s intervals to catch their last values.
+pub const DEFAULT_GRACE_SECONDS: u64 = 300;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {reason}")]
@@ -63,8 +67,10 @@ impl AttachArg {
 pub struct Limits {
     /// Namespaces the kernel-side table tracks (alive set, teardown markers).
     pub kernel_namespaces: u32,
-    /// Size of the lifecycle ring buffer, bytes (a power of two, at least one page).
+    /// Size of the event ring buffer, bytes (a power of two, at least one page).
     pub event_buffer_bytes: u32,
+    /// (namespace, family, table) keys the route-lookup counters hold.
+    pub route_keys: u32,
 }
 
 impl Default for Limits {
@@ -72,6 +78,7 @@ impl Default for Limits {
         Self {
             kernel_namespaces: 32768,
             event_buffer_bytes: 256 * 1024,
+            route_keys: 65536,
         }
     }
 }
@@ -87,6 +94,8 @@ pub struct FileConfig {
     pub limits: Limits,
     /// Seconds between inventory walks that reconcile the alive set.
     pub inventory_interval_seconds: Option<u64>,
+    /// Seconds a destroyed namespace's series stay in the exposition.
+    pub series_grace_seconds: Option<u64>,
 }
 
 /// Flags that override the file.
@@ -105,6 +114,7 @@ pub struct Settings {
     pub btf: PathBuf,
     pub limits: Limits,
     pub inventory_interval: Duration,
+    pub series_grace: Duration,
 }
 
 impl FileConfig {
@@ -178,6 +188,9 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(crate::kernel_layout::KernelLayout::DEFAULT_PATH)),
             limits,
             inventory_interval: Duration::from_secs(interval),
+            series_grace: Duration::from_secs(
+                file.series_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
+            ),
         })
     }
 }

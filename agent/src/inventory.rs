@@ -152,6 +152,7 @@ mod tests {
             creator_pid: 0,
             seen_ns,
             prot_inuse: 0,
+            net: 0,
         }
     }
 

@@ -40,9 +40,9 @@ const FIELDS: &[FieldSpec] = &[
         set: |o, v| o.task_tgid = v,
     },
     FieldSpec {
-        name: "task_comm",
-        paths: &["task_struct.comm"],
-        set: |o, v| o.task_comm = v,
+        name: "task_files",
+        paths: &["task_struct.files"],
+        set: |o, v| o.task_files = v,
     },
     FieldSpec {
         name: "nsproxy_net_ns",
@@ -82,6 +82,31 @@ const FIELDS: &[FieldSpec] = &[
         set: |o, v| o.net_prot_inuse = v,
     },
     FieldSpec {
+        name: "net_fib_main",
+        paths: &["net.ipv4.fib_main"],
+        set: |o, v| o.net_fib_main = v,
+    },
+    FieldSpec {
+        name: "net_fib_default",
+        paths: &["net.ipv4.fib_default"],
+        set: |o, v| o.net_fib_default = v,
+    },
+    FieldSpec {
+        name: "net_fib6_null_entry",
+        paths: &["net.ipv6.fib6_null_entry"],
+        set: |o, v| o.net_fib6_null_entry = v,
+    },
+    FieldSpec {
+        name: "net_dev_index_head",
+        paths: &["net.dev_index_head"],
+        set: |o, v| o.net_dev_index_head = v,
+    },
+    FieldSpec {
+        name: "net_dev_base_head",
+        paths: &["net.dev_base_head"],
+        set: |o, v| o.net_dev_base_head = v,
+    },
+    FieldSpec {
         name: "netdev_nd_net",
         paths: &["net_device.nd_net.net"],
         set: |o, v| o.netdev_nd_net = v,
@@ -95,6 +120,91 @@ const FIELDS: &[FieldSpec] = &[
         name: "netdev_name",
         paths: &["net_device.name"],
         set: |o, v| o.netdev_name = v,
+    },
+    FieldSpec {
+        name: "netdev_index_hlist",
+        paths: &["net_device.index_hlist"],
+        set: |o, v| o.netdev_index_hlist = v,
+    },
+    FieldSpec {
+        name: "netdev_dev_list",
+        paths: &["net_device.dev_list"],
+        set: |o, v| o.netdev_dev_list = v,
+    },
+    FieldSpec {
+        name: "skb_dev",
+        paths: &["sk_buff.dev"],
+        set: |o, v| o.skb_dev = v,
+    },
+    FieldSpec {
+        name: "flowi4_iif",
+        paths: &["flowi4.__fl_common.flowic_iif"],
+        set: |o, v| o.flowi4_iif = v,
+    },
+    FieldSpec {
+        name: "fib_table_id",
+        paths: &["fib_table.tb_id"],
+        set: |o, v| o.fib_table_id = v,
+    },
+    FieldSpec {
+        name: "fib_result_nhc",
+        paths: &["fib_result.nhc"],
+        set: |o, v| o.fib_result_nhc = v,
+    },
+    FieldSpec {
+        name: "nhc_dev",
+        paths: &["fib_nh_common.nhc_dev"],
+        set: |o, v| o.nhc_dev = v,
+    },
+    FieldSpec {
+        name: "fib6_table_id",
+        paths: &["fib6_table.tb6_id"],
+        set: |o, v| o.fib6_table_id = v,
+    },
+    FieldSpec {
+        name: "fib6_result_f6i",
+        paths: &["fib6_result.f6i"],
+        set: |o, v| o.fib6_result_f6i = v,
+    },
+    FieldSpec {
+        name: "fib6_result_type",
+        paths: &["fib6_result.fib6_type"],
+        set: |o, v| o.fib6_result_type = v,
+    },
+    FieldSpec {
+        name: "files_fdt",
+        paths: &["files_struct.fdt"],
+        set: |o, v| o.files_fdt = v,
+    },
+    FieldSpec {
+        name: "fdtable_fd",
+        paths: &["fdtable.fd"],
+        set: |o, v| o.fdtable_fd = v,
+    },
+    FieldSpec {
+        name: "file_private_data",
+        paths: &["file.private_data"],
+        set: |o, v| o.file_private_data = v,
+    },
+    FieldSpec {
+        name: "socket_sk",
+        paths: &["socket.sk"],
+        set: |o, v| o.socket_sk = v,
+    },
+    FieldSpec {
+        name: "sock_net",
+        paths: &["sock.__sk_common.skc_net.net"],
+        set: |o, v| o.sock_net = v,
+    },
+    FieldSpec {
+        name: "sock_family",
+        paths: &["sock.__sk_common.skc_family"],
+        set: |o, v| o.sock_family = v,
+    },
+    FieldSpec {
+        name: "sock_protocol",
+        paths: &["sock.sk_protocol"],
+        set: |o, v| o.sock_protocol = v,
     },
 ];
 

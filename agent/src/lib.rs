@@ -1,7 +1,8 @@
 //! netns-agent: eBPF observability for network namespaces.
 //!
 //! Each event family has one stem used across the crates: `lifecycle` (creation, setup,
-//! teardown), `inventory` (the walk of every namespace alive). The kernel side of each lives
+//! teardown), `inventory` (the walk of every namespace alive), `moves` (devices changing
+//! namespace), `routes` (route lookups), `events` (the ring buffer they share). The kernel side of each lives
 //! in `ebpf/src/<stem>.rs`, shared types in `common/src/<stem>.rs`, and the user side here.
 
 pub mod agent;
@@ -9,6 +10,7 @@ pub mod attach;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod host;
 pub mod http;
 pub mod inventory;
@@ -16,8 +18,12 @@ pub mod kernel_layout;
 pub mod labels;
 pub mod lifecycle;
 pub mod loader;
+pub mod maps;
 pub mod metrics;
+pub mod moves;
+pub mod namespaces;
 pub mod probes;
+pub mod routes;
 
 use config::{FileConfig, Overrides, Settings};
 

@@ -19,7 +19,10 @@ pub fn load(offsets: &KernelOffsets, btf: &Btf, limits: &Limits) -> Result<Ebpf,
         .override_global("OFFSETS", offsets, true)
         .map_max_entries("LIVE", limits.kernel_namespaces)
         .map_max_entries("TEARDOWN_MARKERS", limits.kernel_namespaces)
-        .map_max_entries("LIFECYCLE_EVENTS", limits.event_buffer_bytes)
+        .map_max_entries("TABLE_OWNER", limits.kernel_namespaces)
+        .map_max_entries("DEVICE_MOVES", limits.kernel_namespaces)
+        .map_max_entries("ROUTE_LOOKUPS", limits.route_keys)
+        .map_max_entries("EVENTS", limits.event_buffer_bytes)
         .load(OBJECT)
         .map_err(|err| LoadError(crate::attach::error_chain(&err)))
 }

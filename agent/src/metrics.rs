@@ -97,6 +97,31 @@ pub const ALIVE: MetricDef = def(
     "Network namespaces alive in the kernel (teardown not yet begun).",
 );
 
+pub const ROUTE_LOOKUPS: MetricDef = def(
+    "netns_route_lookups_total",
+    COUNTER,
+    &["netns", "family", "table", "result"],
+    "Route table lookups by the namespace they happen in (netns inode, or unknown), family, table and result.",
+);
+pub const ROUTE_KEYS_FULL: MetricDef = def(
+    "netns_agent_route_keys_full_total",
+    COUNTER,
+    &[],
+    "Route lookups not counted because the kernel table of (namespace, table) keys was full (raise limits.route_keys).",
+);
+pub const DEVICE_MOVES: MetricDef = def(
+    "netns_device_moves_total",
+    COUNTER,
+    &["netns", "direction"],
+    "Network devices moved into (in) or out of (out) a namespace.",
+);
+pub const DEVICE_MOVE_FAILURES: MetricDef = def(
+    "netns_device_move_failures_total",
+    COUNTER,
+    &["netns"],
+    "Device moves out of a namespace that failed.",
+);
+
 /// Samples of one family, keyed by label values. Samples with equal label values are
 /// summed: distinct raw values can render alike, and duplicates would break the exposition.
 pub struct Family {

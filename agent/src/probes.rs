@@ -248,8 +248,234 @@ pub static NETNS_DESTROY: ProbeSpec = ProbeSpec {
     ],
 };
 
+const MOVE_FIELDS: &[&str] = &[
+    "netdev_nd_net",
+    "netdev_ifindex",
+    "netdev_name",
+    "net_cookie",
+    "net_inum",
+];
+
+pub static DEVICE_MOVE: ProbeSpec = ProbeSpec {
+    name: "device_move",
+    summary: "network devices moved between namespaces",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[
+                Hook::Fentry {
+                    program: "moves_begin_fentry",
+                    functions: MOVE_FUNCTIONS,
+                },
+                Hook::Fexit {
+                    program: "moves_end_fexit",
+                    functions: MOVE_FUNCTIONS,
+                },
+            ],
+            fields: MOVE_FIELDS,
+            sees: "every move through __dev_change_net_namespace, whoever asks (rtnetlink, \
+                   devices sent back to init_net when their namespace dies), with its error",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe {
+                    program: "moves_begin_kprobe",
+                    functions: MOVE_FUNCTIONS,
+                },
+                Hook::Kretprobe {
+                    program: "moves_end_kretprobe",
+                    functions: MOVE_FUNCTIONS,
+                },
+            ],
+            fields: MOVE_FIELDS,
+            sees: "every move through __dev_change_net_namespace, whoever asks (rtnetlink, \
+                   devices sent back to init_net when their namespace dies), with its error",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[
+                Hook::Tracepoint {
+                    program: "moves_sendmsg_enter",
+                    category: "syscalls",
+                    name: "sys_enter_sendmsg",
+                },
+                Hook::Tracepoint {
+                    program: "moves_sendmsg_exit",
+                    category: "syscalls",
+                    name: "sys_exit_sendmsg",
+                },
+                Hook::Tracepoint {
+                    program: "moves_sendto_enter",
+                    category: "syscalls",
+                    name: "sys_enter_sendto",
+                },
+                Hook::Tracepoint {
+                    program: "moves_sendto_exit",
+                    category: "syscalls",
+                    name: "sys_exit_sendto",
+                },
+            ],
+            fields: &[
+                "netdev_nd_net",
+                "netdev_ifindex",
+                "netdev_name",
+                "netdev_index_hlist",
+                "netdev_dev_list",
+                "net_cookie",
+                "net_inum",
+                "net_dev_index_head",
+                "net_dev_base_head",
+                "task_files",
+                "files_fdt",
+                "fdtable_fd",
+                "file_private_data",
+                "socket_sk",
+                "sock_net",
+                "sock_family",
+                "sock_protocol",
+            ],
+            sees: "moves asked for over rtnetlink with sendmsg or sendto (RTM_NEWLINK/SETLINK \
+                   with a target namespace), checked at the end of the call by where the device \
+                   is; misses moves made inside the kernel (devices returning to init_net when \
+                   a namespace dies) and requests sent with write/sendmmsg or as the second \
+                   message of a batch; a failure's errno is not visible",
+        },
+    ],
+};
+
+/// `__dev_change_net_namespace` on 5.13+ (and 6.15+, where `dev_change_net_namespace` is
+/// out of line again but only wraps it); `dev_change_net_namespace` on 5.12 and older.
+const MOVE_FUNCTIONS: &[&str] = &["__dev_change_net_namespace", "dev_change_net_namespace"];
+
+const ROUTE_V4_FIELDS: &[&str] = &[
+    "fib_table_id",
+    "fib_result_nhc",
+    "nhc_dev",
+    "netdev_nd_net",
+    "net_cookie",
+    "flowi4_iif",
+];
+
+pub static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
+    name: "route_lookup_ipv4",
+    summary: "IPv4 route lookups (fib_table_lookup), per namespace, table and result",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fexit {
+                program: "routes_v4_fexit",
+                functions: &["fib_table_lookup"],
+            }],
+            fields: ROUTE_V4_FIELDS,
+            sees: "every table lookup; hits by the nexthop device's namespace, misses by the \
+                   namespace owning the table searched (known once the table has had a hit; \
+                   before that an output lookup counts for the caller's namespace and an \
+                   input lookup as unknown)",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[
+                Hook::BtfTracepoint {
+                    program: "routes_v4_tracepoint",
+                    tracepoint: "fib_table_lookup",
+                },
+                Hook::BtfTracepoint {
+                    program: "routes_rx_begin",
+                    tracepoint: "netif_receive_skb",
+                },
+                Hook::BtfTracepoint {
+                    program: "routes_rx_end",
+                    tracepoint: "softirq_exit",
+                },
+            ],
+            fields: &[
+                "nhc_dev",
+                "netdev_nd_net",
+                "netdev_ifindex",
+                "net_cookie",
+                "flowi4_iif",
+                "skb_dev",
+            ],
+            sees: "every table lookup; hits by the nexthop device's namespace, misses of \
+                   received packets by the receiving device's namespace (unknown if the input \
+                   interface does not match it), other misses by the caller's namespace",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe {
+                    program: "routes_v4_kprobe",
+                    functions: &["fib_table_lookup"],
+                },
+                Hook::Kretprobe {
+                    program: "routes_v4_kretprobe",
+                    functions: &["fib_table_lookup"],
+                },
+            ],
+            fields: ROUTE_V4_FIELDS,
+            sees: "as fentry, at several times the cost per lookup",
+        },
+    ],
+};
+
+const ROUTE_V6_FIELDS: &[&str] = &[
+    "fib6_table_id",
+    "fib6_result_f6i",
+    "fib6_result_type",
+    "net_fib6_null_entry",
+    "net_cookie",
+];
+
+pub static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
+    name: "route_lookup_ipv6",
+    summary: "IPv6 route lookups (fib6_table_lookup), per namespace, table and result",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fexit {
+                program: "routes_v6_fexit",
+                functions: &["fib6_table_lookup"],
+            }],
+            fields: ROUTE_V6_FIELDS,
+            sees: "every fib6_table_lookup, by its net argument (exact)",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[Hook::BtfTracepoint {
+                program: "routes_v6_tracepoint",
+                tracepoint: "fib6_table_lookup",
+            }],
+            fields: ROUTE_V6_FIELDS,
+            sees: "fib6:fib6_table_lookup, by its net argument (exact); it also fires for the \
+                   lookups of ip6_pol_route_lookup",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe {
+                    program: "routes_v6_kprobe",
+                    functions: &["fib6_table_lookup"],
+                },
+                Hook::Kretprobe {
+                    program: "routes_v6_kretprobe",
+                    functions: &["fib6_table_lookup"],
+                },
+            ],
+            fields: ROUTE_V6_FIELDS,
+            sees: "as fentry, at several times the cost per lookup",
+        },
+    ],
+};
+
 /// Every attachable probe, in the order they are attached and reported.
-pub static PROBES: &[&ProbeSpec] = &[&NETNS_CREATE, &NETNS_DESTROY];
+pub static PROBES: &[&ProbeSpec] = &[
+    &NETNS_CREATE,
+    &NETNS_DESTROY,
+    &DEVICE_MOVE,
+    &ROUTE_LOOKUP_V4,
+    &ROUTE_LOOKUP_V6,
+];
 
 /// Kernel function names any probe may hook (for one kallsyms scan).
 pub fn all_functions() -> Vec<&'static str> {

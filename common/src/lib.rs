@@ -5,9 +5,12 @@
 //! for byte. Sizes are asserted at compile time.
 #![no_std]
 
+pub mod events;
 pub mod inventory;
 pub mod lifecycle;
+pub mod moves;
 pub mod offsets;
+pub mod routes;
 
 /// `CLONE_NEWNET` from `include/uapi/linux/sched.h`.
 pub const CLONE_NEWNET: u64 = 0x4000_0000;

@@ -15,18 +15,16 @@ pub mod counter {
     pub const ALIVE: u32 = 2;
     /// Creations that failed.
     pub const SETUP_FAILURES: u32 = 3;
-    /// Ring-buffer records dropped because user space fell behind.
-    pub const EVENTS_LOST: u32 = 4;
     /// Sum of the observed setup durations, nanoseconds (the count is the buckets' sum).
-    pub const SETUP_SUM_NS: u32 = 5;
+    pub const SETUP_SUM_NS: u32 = 4;
     /// Creations whose comm did not fit in `CREATED_BY_COMM` (counted under one label).
-    pub const CREATED_COMM_OVERFLOW: u32 = 6;
+    pub const CREATED_COMM_OVERFLOW: u32 = 5;
     /// Namespaces the `LIVE` map had no room for (raise `limits.kernel_namespaces`).
-    pub const LIVE_FULL: u32 = 7;
+    pub const LIVE_FULL: u32 = 6;
     /// Namespaces the periodic inventory found gone without a teardown event.
-    pub const RECONCILED: u32 = 8;
+    pub const RECONCILED: u32 = 7;
     /// Number of slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 8;
 }
 
 /// Upper bounds of the setup-duration histogram buckets, nanoseconds. Shared by the kernel
@@ -64,25 +62,17 @@ pub struct NetnsRecord {
     pub seen_ns: u64,
     /// `net->core.prot_inuse`: the key of this namespace in `TEARDOWN_MARKERS`.
     pub prot_inuse: u64,
+    /// The `struct net *`, valid until teardown (the kernel frees it later).
+    pub net: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<NetnsRecord>() == 24);
-
-/// Kinds of [`LifecycleEvent`].
-pub mod event_kind {
-    /// A namespace was created.
-    pub const CREATED: u32 = 1;
-    /// A namespace's teardown began.
-    pub const DESTROYED: u32 = 2;
-    /// Creating a namespace failed.
-    pub const SETUP_FAILED: u32 = 3;
-}
+const _: () = assert!(core::mem::size_of::<NetnsRecord>() == 32);
 
 /// One lifecycle event, sent to user space through the `LIFECYCLE_EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LifecycleEvent {
-    /// One of [`event_kind`].
+    /// `NETNS_CREATED`, `NETNS_DESTROYED` or `NETNS_SETUP_FAILED` from `events::kind`.
     pub kind: u32,
     /// For failures: the negative errno.
     pub error: i32,

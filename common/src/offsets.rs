@@ -16,8 +16,8 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     /// `task_struct.tgid`
     pub task_tgid: u32,
-    /// `task_struct.comm`
-    pub task_comm: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
     /// `nsproxy.net_ns`
     pub nsproxy_net_ns: u32,
     /// `net.ns.inum`: moved from 16 to 24 within `ns_common` in 6.18.
@@ -33,12 +33,56 @@ pub struct KernelOffsets {
     /// `net.core.prot_inuse`: per-CPU counters allocated at setup and freed by the
     /// namespace's exit handlers, which makes their free a teardown marker.
     pub net_prot_inuse: u32,
-    /// `net_device.nd_net` (device moves, route lookups).
+    /// `net.ipv4.fib_main`: the namespace's main IPv4 table.
+    pub net_fib_main: u32,
+    /// `net.ipv4.fib_default`
+    pub net_fib_default: u32,
+    /// `net.ipv6.fib6_null_entry`: what an IPv6 lookup without a route returns.
+    pub net_fib6_null_entry: u32,
+    /// `net.dev_index_head`: the ifindex hash buckets.
+    pub net_dev_index_head: u32,
+    /// `net.dev_base_head`: the list of devices.
+    pub net_dev_base_head: u32,
+    /// `net_device.nd_net.net`
     pub netdev_nd_net: u32,
     /// `net_device.ifindex`
     pub netdev_ifindex: u32,
     /// `net_device.name`
     pub netdev_name: u32,
+    /// `net_device.index_hlist`
+    pub netdev_index_hlist: u32,
+    /// `net_device.dev_list`
+    pub netdev_dev_list: u32,
+    /// `sk_buff.dev`
+    pub skb_dev: u32,
+    /// `flowi4.__fl_common.flowic_iif`: the input interface (1, loopback, for output lookups).
+    pub flowi4_iif: u32,
+    /// `fib_table.tb_id`
+    pub fib_table_id: u32,
+    /// `fib_result.nhc`
+    pub fib_result_nhc: u32,
+    /// `fib_nh_common.nhc_dev`
+    pub nhc_dev: u32,
+    /// `fib6_table.tb6_id`
+    pub fib6_table_id: u32,
+    /// `fib6_result.f6i`
+    pub fib6_result_f6i: u32,
+    /// `fib6_result.fib6_type`
+    pub fib6_result_type: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_net.net`
+    pub sock_net: u32,
+    /// `sock.__sk_common.skc_family`
+    pub sock_family: u32,
+    /// `sock.sk_protocol` (a u16 since 5.6; a bitfield before, which leaves it unknown).
+    pub sock_protocol: u32,
     _reserved: u32,
 }
 
@@ -47,7 +91,7 @@ impl KernelOffsets {
     pub const UNSET: Self = Self {
         task_nsproxy: UNKNOWN,
         task_tgid: UNKNOWN,
-        task_comm: UNKNOWN,
+        task_files: UNKNOWN,
         nsproxy_net_ns: UNKNOWN,
         net_inum: UNKNOWN,
         net_refcount: UNKNOWN,
@@ -55,13 +99,35 @@ impl KernelOffsets {
         net_cookie: UNKNOWN,
         net_list: UNKNOWN,
         net_prot_inuse: UNKNOWN,
+        net_fib_main: UNKNOWN,
+        net_fib_default: UNKNOWN,
+        net_fib6_null_entry: UNKNOWN,
+        net_dev_index_head: UNKNOWN,
+        net_dev_base_head: UNKNOWN,
         netdev_nd_net: UNKNOWN,
         netdev_ifindex: UNKNOWN,
         netdev_name: UNKNOWN,
+        netdev_index_hlist: UNKNOWN,
+        netdev_dev_list: UNKNOWN,
+        skb_dev: UNKNOWN,
+        flowi4_iif: UNKNOWN,
+        fib_table_id: UNKNOWN,
+        fib_result_nhc: UNKNOWN,
+        nhc_dev: UNKNOWN,
+        fib6_table_id: UNKNOWN,
+        fib6_result_f6i: UNKNOWN,
+        fib6_result_type: UNKNOWN,
+        files_fdt: UNKNOWN,
+        fdtable_fd: UNKNOWN,
+        file_private_data: UNKNOWN,
+        socket_sk: UNKNOWN,
+        sock_net: UNKNOWN,
+        sock_family: UNKNOWN,
+        sock_protocol: UNKNOWN,
         _reserved: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 144);
 
 crate::user_pod!(KernelOffsets);

@@ -18,7 +18,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
         TracePointContext,
@@ -26,13 +26,17 @@ use aya_ebpf::{
 };
 use netns_agent_common::{
     CLONE_NEWNET, COMM_LEN,
+    events::kind,
     lifecycle::{
         LifecycleEvent, NetnsRecord, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS,
-        counter, event_kind,
+        counter,
     },
 };
 
-use crate::kernel::{atomic_add, current_net, is_err_ptr, now_ns, offset, read};
+use crate::{
+    events::emit,
+    kernel::{atomic_add, current_net, is_err_ptr, now_ns, offset, read},
+};
 
 /// Namespaces alive in the kernel, by `net_cookie` (never reused, unlike the inode number).
 /// Sized by the agent (`limits.kernel_namespaces`).
@@ -59,10 +63,6 @@ static SETUP_HISTOGRAM: Array<u64> = Array::with_max_entries(SETUP_HISTOGRAM_SLO
 #[map]
 static PENDING_CREATES: LruHashMap<u32, PendingCreate> = LruHashMap::with_max_entries(4096, 0);
 
-/// Lifecycle events for user space (attribution, journal). Sized by the agent.
-#[map]
-static LIFECYCLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
 const EEXIST: i32 = -17;
 const ENOMEM: i64 = -12;
 const ENOSPC: i64 = -28;
@@ -71,13 +71,6 @@ const ENOSPC: i64 = -28;
 pub fn add(slot: u32, delta: u64) {
     if let Some(ptr) = LIFECYCLE_COUNTERS.get_ptr_mut(slot) {
         atomic_add(ptr, delta);
-    }
-}
-
-#[inline(always)]
-fn emit(event: &LifecycleEvent) {
-    if LIFECYCLE_EVENTS.output::<LifecycleEvent>(event, 0).is_err() {
-        add(counter::EVENTS_LOST, 1);
     }
 }
 
@@ -122,7 +115,7 @@ fn count_comm(comm: &[u8; COMM_LEN]) {
     }
 }
 
-/// Starts tracking `net` in `LIVE` unless it is there already; returns its record.
+/// Starts tracking `net` in `LIVE` unless it is there already; true if it was new.
 #[inline(always)]
 pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, i64> {
     let inum: u32 = read(net, offset!(net_inum))?;
@@ -132,6 +125,7 @@ pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, 
         creator_pid,
         seen_ns: now,
         prot_inuse,
+        net,
     };
     match LIVE.insert(cookie, record, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
@@ -139,6 +133,7 @@ pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, 
             if prot_inuse != 0 {
                 let _ = TEARDOWN_MARKERS.insert(prot_inuse, cookie, 0);
             }
+            crate::routes::own_tables(net, cookie);
             Ok(true)
         }
         Err(EEXIST) => Ok(false),
@@ -167,7 +162,7 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     }
     let cookie: u64 = read(net, offset!(net_cookie))?;
     track(net, cookie, pid, now)?;
-    let mut event = LifecycleEvent::new(event_kind::CREATED);
+    let mut event = LifecycleEvent::new(kind::NETNS_CREATED);
     event.cookie = cookie;
     event.inum = read(net, offset!(net_inum)).unwrap_or(0);
     event.pid = pid;
@@ -183,7 +178,7 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
 #[inline(always)]
 fn failed(error: i64) {
     add(counter::SETUP_FAILURES, 1);
-    let mut event = LifecycleEvent::new(event_kind::SETUP_FAILED);
+    let mut event = LifecycleEvent::new(kind::NETNS_SETUP_FAILED);
     event.error = error as i32;
     event.pid = current_tgid();
     event.ts_ns = now_ns();
@@ -205,12 +200,13 @@ pub fn destroyed(cookie: u64, reconciled: bool) {
     if record.prot_inuse != 0 {
         let _ = TEARDOWN_MARKERS.remove(record.prot_inuse);
     }
+    crate::routes::disown_tables(record.net);
     add(counter::DESTROYED, 1);
     add(counter::ALIVE, u64::MAX);
     if reconciled {
         add(counter::RECONCILED, 1);
     }
-    let mut event = LifecycleEvent::new(event_kind::DESTROYED);
+    let mut event = LifecycleEvent::new(kind::NETNS_DESTROYED);
     event.cookie = cookie;
     event.inum = record.inum;
     event.pid = current_tgid();

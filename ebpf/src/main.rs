@@ -8,9 +8,12 @@
     reason = "atomic_xadd: the BPF target has no atomic types"
 )]
 
+mod events;
 mod inventory;
 mod kernel;
 mod lifecycle;
+mod moves;
+mod routes;
 
 #[cfg(not(test))]
 #[panic_handler]

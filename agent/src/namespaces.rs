@@ -1,0 +1,183 @@
+//! The namespaces user space knows, by `net_cookie`: what the `netns` label of their series
+//! is (the inode number users see in `/proc/PID/ns/net` and `lsns`), and when series of a
+//! destroyed namespace may leave the exposition.
+//!
+//! Fed by lifecycle events and resynchronised from the kernel's alive set on every
+//! inventory walk. Inode numbers are reused within seconds: a namespace that takes a dead
+//! one's number replaces it at once, so no two series ever carry the same `netns` value.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use netns_agent_common::{lifecycle::NetnsRecord, routes::UNKNOWN_NETNS};
+
+/// The `netns` label of lookups that could not be attributed.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub inum: u32,
+    /// When its teardown was seen; series stay for the grace period after it.
+    pub destroyed_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct NamespaceTable {
+    by_cookie: HashMap<u64, Namespace>,
+    /// inode -> cookie of the namespace that holds that number now.
+    by_inum: HashMap<u32, u64>,
+    /// Cookies removed since the last `take_removed`, whose kernel-side entries must go.
+    removed: Vec<u64>,
+}
+
+impl NamespaceTable {
+    /// A namespace is alive (created, or found by the inventory).
+    pub fn alive(&mut self, cookie: u64, inum: u32) {
+        if let Some(previous) = self.by_inum.insert(inum, cookie)
+            && previous != cookie
+        {
+            // Its number was reused: the old namespace is gone, its series go with it.
+            self.by_cookie.remove(&previous);
+            self.removed.push(previous);
+        }
+        self.by_cookie.entry(cookie).or_insert(Namespace {
+            inum,
+            destroyed_at: None,
+        });
+    }
+
+    /// A namespace's teardown began.
+    pub fn destroyed(&mut self, cookie: u64, inum: u32, now: Instant) {
+        let entry = self.by_cookie.entry(cookie).or_insert(Namespace {
+            inum,
+            destroyed_at: None,
+        });
+        entry.destroyed_at.get_or_insert(now);
+        self.by_inum.entry(inum).or_insert(cookie);
+    }
+
+    /// Resynchronises with the kernel's alive set: adds what events missed, marks as
+    /// destroyed what the kernel no longer holds.
+    pub fn sync(&mut self, live: &[(u64, NetnsRecord)], now: Instant) {
+        let alive: HashMap<u64, u32> = live.iter().map(|(cookie, r)| (*cookie, r.inum)).collect();
+        for (cookie, inum) in &alive {
+            self.alive(*cookie, *inum);
+        }
+        for (cookie, ns) in &mut self.by_cookie {
+            if ns.destroyed_at.is_none() && !alive.contains_key(cookie) {
+                ns.destroyed_at = Some(now);
+            }
+        }
+    }
+
+    /// Drops namespaces destroyed more than `grace` ago.
+    pub fn expire(&mut self, grace: Duration, now: Instant) {
+        let expired: Vec<u64> = self
+            .by_cookie
+            .iter()
+            .filter(|(_, ns)| {
+                ns.destroyed_at
+                    .is_some_and(|t| now.duration_since(t) >= grace)
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        for cookie in expired {
+            if let Some(ns) = self.by_cookie.remove(&cookie)
+                && self.by_inum.get(&ns.inum) == Some(&cookie)
+            {
+                self.by_inum.remove(&ns.inum);
+            }
+            self.removed.push(cookie);
+        }
+    }
+
+    /// Cookies dropped since the last call (their kernel-side counters can be deleted).
+    pub fn take_removed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// The `netns` label for a cookie: its inode number, `unknown` for unattributed lookups,
+    /// `None` for a namespace this table does not know (not exported).
+    pub fn label(&self, cookie: u64) -> Option<String> {
+        if cookie == UNKNOWN_NETNS {
+            return Some(UNKNOWN_LABEL.to_owned());
+        }
+        self.by_cookie.get(&cookie).map(|ns| ns.inum.to_string())
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Namespace> {
+        self.by_cookie.get(&cookie)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_cookie.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_cookie.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(inum: u32) -> NetnsRecord {
+        NetnsRecord {
+            inum,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn labels_are_inode_numbers() {
+        let mut t = NamespaceTable::default();
+        t.alive(10, 4026532000);
+        assert_eq!(t.label(10).as_deref(), Some("4026532000"));
+        assert_eq!(t.label(UNKNOWN_NETNS).as_deref(), Some("unknown"));
+        assert_eq!(t.label(11), None);
+    }
+
+    #[test]
+    fn destroyed_namespaces_stay_for_the_grace_period() {
+        let mut t = NamespaceTable::default();
+        let t0 = Instant::now();
+        t.alive(10, 500);
+        t.destroyed(10, 500, t0);
+        t.expire(Duration::from_secs(60), t0 + Duration::from_secs(59));
+        assert!(t.label(10).is_some());
+        t.expire(Duration::from_secs(60), t0 + Duration::from_secs(60));
+        assert!(t.label(10).is_none());
+        assert_eq!(t.take_removed(), vec![10]);
+        assert!(t.take_removed().is_empty());
+    }
+
+    #[test]
+    fn a_reused_inode_replaces_the_dead_namespace_at_once() {
+        let mut t = NamespaceTable::default();
+        let t0 = Instant::now();
+        t.alive(10, 500);
+        t.destroyed(10, 500, t0);
+        t.alive(11, 500);
+        assert_eq!(t.label(11).as_deref(), Some("500"));
+        assert_eq!(
+            t.label(10),
+            None,
+            "two series must never share a netns label"
+        );
+        assert_eq!(t.take_removed(), vec![10]);
+    }
+
+    #[test]
+    fn sync_adds_missed_and_retires_vanished_namespaces() {
+        let mut t = NamespaceTable::default();
+        let t0 = Instant::now();
+        t.alive(10, 500);
+        t.sync(&[(11, record(501))], t0);
+        assert_eq!(t.label(11).as_deref(), Some("501"));
+        assert_eq!(t.get(10).unwrap().destroyed_at, Some(t0));
+        assert_eq!(t.get(11).unwrap().destroyed_at, None);
+    }
+}
