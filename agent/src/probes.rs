@@ -447,8 +447,7 @@ pub static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
                 tracepoint: "fib6_table_lookup",
             }],
             fields: ROUTE_V6_FIELDS,
-            sees: "fib6:fib6_table_lookup, by its net argument (exact); it also fires for the \
-                   lookups of ip6_pol_route_lookup",
+            sees: "fib6:fib6_table_lookup, by its net argument (exact)",
         },
         Variant {
             mode: Mode::Kprobe,
