@@ -592,3 +592,135 @@ impl RouterTopology {
         Ok(Self { a, r, b })
     }
 }
+
+/// Writes a config file for the agent and returns its path.
+pub fn config_file(text: &str) -> Result<String> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "netns-agent-test-{}-{}.toml",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+impl Agent {
+    /// Starts the agent in the test mode with this config file content.
+    pub fn start_with_config(config: &str) -> Result<Self> {
+        let path = config_file(config)?;
+        Self::start_with(&["--attach", &mode(), "--config", &path])
+    }
+}
+
+/// A child process, killed and reaped on drop.
+pub struct ChildProcess(pub Child);
+
+impl ChildProcess {
+    pub fn spawn(cmd: &str, args: &[&str]) -> Result<Self> {
+        Ok(Self(
+            Command::new(cmd)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process in its own new network namespace, named `comm` (any bytes, up to 15), that
+/// waits until killed. Made with raw syscalls in a forked child.
+pub struct HostileProcess(pub i32);
+
+impl HostileProcess {
+    pub fn spawn(comm: &[u8]) -> Result<Self> {
+        let mut name = [0u8; 16];
+        name[..comm.len().min(15)].copy_from_slice(&comm[..comm.len().min(15)]);
+        // SAFETY: the child only makes raw syscalls on prepared data, then pauses or exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        ensure!(pid > 0, "fork failed");
+        Ok(Self(pid))
+    }
+
+    /// Its namespace's inode number (waits for the unshare).
+    pub fn netns(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mine = std::fs::metadata("/proc/self/ns/net")?.ino();
+        wait_for("the child's unshare", Duration::from_secs(5), || {
+            let ino = std::fs::metadata(format!("/proc/{}/ns/net", self.0))?.ino();
+            Ok((ino != mine).then_some(ino))
+        })
+    }
+}
+
+impl Drop for HostileProcess {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// `promtool check metrics` on an exposition: its complaints, empty when clean.
+pub fn promtool_check(text: &str) -> Result<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian package prometheus)")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let mut problems = String::from_utf8_lossy(&out.stdout).into_owned();
+    problems.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() && problems.trim().is_empty() {
+        problems = format!("promtool failed: {}", out.status);
+    }
+    Ok(problems.trim().to_owned())
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+}

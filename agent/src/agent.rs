@@ -1,7 +1,7 @@
 //! `netns-agent run`: load, attach, seed, serve, and detach everything on SIGINT/SIGTERM.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -11,11 +11,12 @@ use aya::{
     Btf, Ebpf, Endianness,
     maps::{Array, MapData},
 };
-use netns_agent_common::events::kind;
+use netns_agent_common::{events::kind, lifecycle::LifecycleEvent};
 use prometheus::proto::MetricFamily;
 
 use crate::{
     attach::{self, KernelView, ProbeOutcome},
+    attribution::{self, Owner, Sources},
     config::Settings,
     events::{self, Event, EventMaps},
     host,
@@ -74,6 +75,9 @@ pub struct AgentState {
     routes: Mutex<RouteMaps>,
     moves: Mutex<MoveMaps>,
     pub namespaces: Mutex<NamespaceTable>,
+    /// Owners of namespaces by inode (processes, names, container, pod).
+    pub owners: Mutex<HashMap<u32, Owner>>,
+    sources: Sources,
 }
 
 impl AgentState {
@@ -97,9 +101,75 @@ impl AgentState {
         out.extend(lost.finish());
         self.lifecycle.collect(&mut out);
         let namespaces = lock(&self.namespaces);
+        self.collect_owners(&namespaces, &mut out);
         lock(&self.moves).collect(&namespaces, &mut out);
         lock(&self.routes).collect(&namespaces, &mut out);
         out
+    }
+
+    /// `netns_info` and `netns_processes`: one series per tracked namespace.
+    fn collect_owners(&self, namespaces: &NamespaceTable, out: &mut Vec<MetricFamily>) {
+        let owners = lock(&self.owners);
+        let mut info = metrics::Family::new(&metrics::NETNS_INFO);
+        let mut processes = metrics::Family::new(&metrics::NETNS_PROCESSES);
+        let none = Owner::default();
+        for (_, ns) in namespaces.iter() {
+            let owner = owners
+                .get(&ns.inum)
+                .filter(|_| ns.destroyed_at.is_none())
+                .unwrap_or(&none);
+            let netns = ns.inum.to_string();
+            let (pid, comm) = owner.main.as_ref().map_or((String::new(), ""), |m| {
+                (m.pid.to_string(), m.comm.as_str())
+            });
+            info.add(
+                &[
+                    &netns,
+                    &owner.name_label(),
+                    comm,
+                    &pid,
+                    &owner.container_id,
+                    &owner.pod,
+                    &owner.pod_namespace,
+                ],
+                1.0,
+            );
+            processes.add(&[&netns], f64::from(owner.processes));
+        }
+        out.extend(info.finish());
+        out.extend(processes.finish());
+        let mut dropped = metrics::Family::new(&metrics::NAMESPACES_DROPPED);
+        dropped.add(&[], namespaces.dropped as f64);
+        out.extend(dropped.finish());
+    }
+
+    /// Rescans /proc, mounts and the CNI cache.
+    fn rescan_owners(&self) {
+        let owners = attribution::scan(&self.sources);
+        *lock(&self.owners) = owners;
+    }
+
+    /// A namespace was just created: note the process in it now, before it can exit (the
+    /// next full scan corrects everything else).
+    fn note_creator(&self, event: &LifecycleEvent) {
+        let pid = if event.member_pid != 0 {
+            event.member_pid
+        } else {
+            event.pid
+        };
+        let Some((inum, info, container)) = attribution::process(&self.sources, pid as i32) else {
+            return;
+        };
+        if inum != event.inum {
+            return; // a clone's parent: the child, not yet known here, is the member
+        }
+        let mut owners = lock(&self.owners);
+        let owner = owners.entry(inum).or_default();
+        if owner.main.is_none() {
+            owner.main = Some(info);
+            owner.processes = owner.processes.max(1);
+            owner.container_id = container;
+        }
     }
 
     pub fn render(&self) -> String {
@@ -111,10 +181,14 @@ impl AgentState {
         match event {
             Event::Lifecycle(e) => {
                 log::debug!("{}", lifecycle::describe(&e));
-                let mut namespaces = lock(&self.namespaces);
                 match e.kind {
-                    kind::NETNS_CREATED => namespaces.alive(e.cookie, e.inum),
-                    kind::NETNS_DESTROYED => namespaces.destroyed(e.cookie, e.inum, Instant::now()),
+                    kind::NETNS_CREATED => {
+                        lock(&self.namespaces).alive(e.cookie, e.inum);
+                        self.note_creator(&e);
+                    }
+                    kind::NETNS_DESTROYED => {
+                        lock(&self.namespaces).destroyed(e.cookie, e.inum, Instant::now())
+                    }
                     _ => {}
                 }
             }
@@ -185,7 +259,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let lifecycle_maps = LifecycleMaps::take(&mut ebpf)?;
     let event_maps = EventMaps::take(&mut ebpf)?;
-    let mut namespaces = NamespaceTable::default();
+    let mut namespaces = NamespaceTable::with_capacity(settings.limits.tracked_namespaces);
     let inventory = match Inventory::load(&mut ebpf) {
         Ok(inventory) => match inventory.walk(&ebpf) {
             Ok(walk) => {
@@ -234,6 +308,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         routes: Mutex::new(RouteMaps::take(&mut ebpf)?),
         moves: Mutex::new(MoveMaps::take(&mut ebpf)?),
         namespaces: Mutex::new(namespaces),
+        owners: Mutex::new(HashMap::new()),
+        sources: settings.sources.clone(),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));
 
@@ -269,6 +345,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         })
     };
 
+    let attribution_task = {
+        let state = Arc::clone(&state);
+        let interval = settings.attribution_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let state = Arc::clone(&state);
+                let _ = tokio::task::spawn_blocking(move || state.rescan_owners()).await;
+            }
+        })
+    };
+
     log::info!("serving metrics on http://{}/metrics", settings.listen);
     axum::serve(listener, crate::http::router(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown_signal())
@@ -276,6 +365,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
 
     events_task.abort();
+    attribution_task.abort();
     housekeeping_task.abort();
     let _ = housekeeping_task.await;
     // Dropping the object detaches every link and unloads every program.

@@ -71,6 +71,8 @@ pub struct Limits {
     pub event_buffer_bytes: u32,
     /// (namespace, family, table) keys the route-lookup counters hold.
     pub route_keys: u32,
+    /// Namespaces exported one by one; past it they are folded into `netns="overflow"`.
+    pub tracked_namespaces: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +81,7 @@ impl Default for Limits {
             kernel_namespaces: 32768,
             event_buffer_bytes: 256 * 1024,
             route_keys: 65536,
+            tracked_namespaces: 16384,
         }
     }
 }
@@ -96,6 +99,12 @@ pub struct FileConfig {
     pub inventory_interval_seconds: Option<u64>,
     /// Seconds a destroyed namespace's series stay in the exposition.
     pub series_grace_seconds: Option<u64>,
+    /// Seconds between full scans of /proc, mounts and the CNI cache for attribution.
+    pub attribution_interval_seconds: Option<u64>,
+    /// The proc filesystem to read processes from.
+    pub proc_root: Option<PathBuf>,
+    /// The CNI plugins' result cache (pod names).
+    pub cni_cache_dir: Option<PathBuf>,
 }
 
 /// Flags that override the file.
@@ -115,6 +124,8 @@ pub struct Settings {
     pub limits: Limits,
     pub inventory_interval: Duration,
     pub series_grace: Duration,
+    pub attribution_interval: Duration,
+    pub sources: crate::attribution::Sources,
 }
 
 impl FileConfig {
@@ -167,14 +178,32 @@ impl Settings {
                 expected: "a power of two of at least 4096",
             });
         }
-        let interval = file.inventory_interval_seconds.unwrap_or(60);
-        if interval == 0 {
+        let seconds = |name: &'static str, value: Option<u64>, default: u64| match value {
+            Some(0) => Err(ConfigError::Invalid {
+                name,
+                value: "0".into(),
+                expected: "at least 1",
+            }),
+            other => Ok(Duration::from_secs(other.unwrap_or(default))),
+        };
+        let inventory_interval = seconds(
+            "inventory_interval_seconds",
+            file.inventory_interval_seconds,
+            60,
+        )?;
+        let attribution_interval = seconds(
+            "attribution_interval_seconds",
+            file.attribution_interval_seconds,
+            15,
+        )?;
+        if limits.tracked_namespaces == 0 {
             return Err(ConfigError::Invalid {
-                name: "inventory_interval_seconds",
+                name: "limits.tracked_namespaces",
                 value: "0".into(),
                 expected: "at least 1",
             });
         }
+        let defaults = crate::attribution::Sources::default();
         Ok(Self {
             listen,
             attach: flags
@@ -187,10 +216,15 @@ impl Settings {
                 .or(file.btf)
                 .unwrap_or_else(|| PathBuf::from(crate::kernel_layout::KernelLayout::DEFAULT_PATH)),
             limits,
-            inventory_interval: Duration::from_secs(interval),
+            inventory_interval,
             series_grace: Duration::from_secs(
                 file.series_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
             ),
+            attribution_interval,
+            sources: crate::attribution::Sources {
+                proc_root: file.proc_root.unwrap_or(defaults.proc_root),
+                cni_cache_dir: file.cni_cache_dir.unwrap_or(defaults.cni_cache_dir),
+            },
         })
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod attribution;
 pub mod check;
 pub mod cli;
 pub mod config;

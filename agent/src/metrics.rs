@@ -122,6 +122,33 @@ pub const DEVICE_MOVE_FAILURES: MetricDef = def(
     "Device moves out of a namespace that failed.",
 );
 
+pub const NETNS_INFO: MetricDef = def(
+    "netns_info",
+    GAUGE,
+    &[
+        "netns",
+        "name",
+        "comm",
+        "pid",
+        "container_id",
+        "pod",
+        "pod_namespace",
+    ],
+    "One series per namespace (value 1): its names, main process (the oldest in it), container and pod. Join on netns.",
+);
+pub const NETNS_PROCESSES: MetricDef = def(
+    "netns_processes",
+    GAUGE,
+    &["netns"],
+    "Processes (not threads) whose network namespace this is.",
+);
+pub const NAMESPACES_DROPPED: MetricDef = def(
+    "netns_agent_namespaces_dropped_total",
+    COUNTER,
+    &[],
+    "Namespaces folded into netns=\"overflow\" because limits.tracked_namespaces was reached.",
+);
+
 /// Samples of one family, keyed by label values. Samples with equal label values are
 /// summed: distinct raw values can render alike, and duplicates would break the exposition.
 pub struct Family {

@@ -7,7 +7,7 @@
 //! one's number replaces it at once, so no two series ever carry the same `netns` value.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,9 @@ use netns_agent_common::{lifecycle::NetnsRecord, routes::UNKNOWN_NETNS};
 /// The `netns` label of lookups that could not be attributed.
 pub const UNKNOWN_LABEL: &str = "unknown";
 
+/// The `netns` label of namespaces past the tracking cap (`limits.tracked_namespaces`).
+pub const OVERFLOW_LABEL: &str = "overflow";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     pub inum: u32,
@@ -23,18 +26,47 @@ pub struct Namespace {
     pub destroyed_at: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NamespaceTable {
     by_cookie: HashMap<u64, Namespace>,
     /// inode -> cookie of the namespace that holds that number now.
     by_inum: HashMap<u32, u64>,
     /// Cookies removed since the last `take_removed`, whose kernel-side entries must go.
     removed: Vec<u64>,
+    /// Most namespaces tracked one by one; past it they are folded into `overflow`.
+    capacity: usize,
+    /// Namespaces refused for lack of room (alive ones only).
+    refused: HashSet<u64>,
+    /// How many namespaces have been refused since start.
+    pub dropped: u64,
+}
+
+impl Default for NamespaceTable {
+    fn default() -> Self {
+        Self::with_capacity(usize::MAX)
+    }
 }
 
 impl NamespaceTable {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            by_cookie: HashMap::new(),
+            by_inum: HashMap::new(),
+            removed: Vec::new(),
+            capacity,
+            refused: HashSet::new(),
+            dropped: 0,
+        }
+    }
+
     /// A namespace is alive (created, or found by the inventory).
     pub fn alive(&mut self, cookie: u64, inum: u32) {
+        if !self.by_cookie.contains_key(&cookie) && self.by_cookie.len() >= self.capacity {
+            if self.refused.insert(cookie) {
+                self.dropped += 1;
+            }
+            return;
+        }
         if let Some(previous) = self.by_inum.insert(inum, cookie)
             && previous != cookie
         {
@@ -50,6 +82,9 @@ impl NamespaceTable {
 
     /// A namespace's teardown began.
     pub fn destroyed(&mut self, cookie: u64, inum: u32, now: Instant) {
+        if self.refused.remove(&cookie) {
+            return;
+        }
         let entry = self.by_cookie.entry(cookie).or_insert(Namespace {
             inum,
             destroyed_at: None,
@@ -65,6 +100,7 @@ impl NamespaceTable {
         for (cookie, inum) in &alive {
             self.alive(*cookie, *inum);
         }
+        self.refused.retain(|cookie| alive.contains_key(cookie));
         for (cookie, ns) in &mut self.by_cookie {
             if ns.destroyed_at.is_none() && !alive.contains_key(cookie) {
                 ns.destroyed_at = Some(now);
@@ -104,11 +140,19 @@ impl NamespaceTable {
         if cookie == UNKNOWN_NETNS {
             return Some(UNKNOWN_LABEL.to_owned());
         }
+        if self.refused.contains(&cookie) {
+            return Some(OVERFLOW_LABEL.to_owned());
+        }
         self.by_cookie.get(&cookie).map(|ns| ns.inum.to_string())
     }
 
     pub fn get(&self, cookie: u64) -> Option<&Namespace> {
         self.by_cookie.get(&cookie)
+    }
+
+    /// Every namespace tracked one by one (alive or within its grace period).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Namespace)> {
+        self.by_cookie.iter().map(|(cookie, ns)| (*cookie, ns))
     }
 
     pub fn len(&self) -> usize {
@@ -168,6 +212,24 @@ mod tests {
             "two series must never share a netns label"
         );
         assert_eq!(t.take_removed(), vec![10]);
+    }
+
+    #[test]
+    fn namespaces_past_the_cap_fold_into_overflow_and_are_counted_once() {
+        let mut t = NamespaceTable::with_capacity(2);
+        t.alive(1, 501);
+        t.alive(2, 502);
+        t.alive(3, 503);
+        t.alive(3, 503);
+        t.sync(
+            &[(1, record(501)), (2, record(502)), (3, record(503))],
+            Instant::now(),
+        );
+        assert_eq!(t.label(3).as_deref(), Some("overflow"));
+        assert_eq!(t.dropped, 1);
+        assert_eq!(t.len(), 2, "memory stays bounded by the cap");
+        t.destroyed(3, 503, Instant::now());
+        assert_eq!(t.label(3), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Packages the end-to-end tests and the VM tier use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps", "prometheus"];
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 
 /// Kernel series of the VM matrix: Debian's images with kprobes and fentry.
