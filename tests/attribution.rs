@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use netns_agent_e2e::{
-    Agent, ChildProcess, HostileProcess, Metrics, NamedNetns, clone_newnet, promtool_check,
-    rss_kib, slowdown, wait_for,
+    Agent, ChildProcess, HostileProcess, Metrics, NamedNetns, clone_newnet, promtool_check, rss_kib,
+    slowdown, wait_for,
 };
 
 /// Fast rescans and a short grace period, so tests need not wait.
@@ -14,9 +14,7 @@ const FAST: &str = "attribution_interval_seconds = 1\nseries_grace_seconds = 2\n
 
 /// The labels of the `netns_info` series of a namespace.
 fn info(m: &Metrics, netns: u64) -> Option<std::collections::BTreeMap<String, String>> {
-    m.series("netns_info")
-        .into_iter()
-        .find(|l| l["netns"] == netns.to_string())
+    m.series("netns_info").into_iter().find(|l| l["netns"] == netns.to_string())
 }
 
 /// Waits until the namespace's info satisfies `check`.
@@ -42,10 +40,7 @@ fn a_named_namespace_shows_its_name() -> Result<()> {
     let ns = NamedNetns::add("named")?;
     let inode = ns.inode()?;
     let labels = wait_info(&agent, inode, "the name", |l, _| l["name"] == ns.name)?;
-    ensure!(
-        labels["pid"].is_empty() && labels["comm"].is_empty(),
-        "no process in it: {labels:?}"
-    );
+    ensure!(labels["pid"].is_empty() && labels["comm"].is_empty(), "no process in it: {labels:?}");
     ensure!(processes(&agent.scrape()?, inode) == 0.0);
     Ok(())
 }
@@ -83,10 +78,7 @@ fn process_count_and_main_process_of_a_named_namespace() -> Result<()> {
     let labels = wait_info(&agent, inode, "3 processes, the oldest first", |l, m| {
         processes(m, inode) == 3.0 && l["pid"] == first.pid().to_string()
     })?;
-    ensure!(
-        labels["comm"] == "sleep" && labels["name"] == ns.name,
-        "{labels:?}"
-    );
+    ensure!(labels["comm"] == "sleep" && labels["name"] == ns.name, "{labels:?}");
     Ok(())
 }
 
@@ -105,8 +97,7 @@ fn a_cni_cache_entry_names_the_pod() -> Result<()> {
             ns.name
         ),
     )?;
-    let agent =
-        Agent::start_with_config(&format!("{FAST}cni_cache_dir = \"{}\"\n", dir.display()))?;
+    let agent = Agent::start_with_config(&format!("{FAST}cni_cache_dir = \"{}\"\n", dir.display()))?;
     let _proc = ChildProcess::spawn("ip", &["netns", "exec", &ns.name, "sleep", "120"])?;
     let inode = ns.inode()?;
     let labels = wait_info(&agent, inode, "the pod labels", |l, m| {
@@ -125,15 +116,9 @@ fn a_hostile_process_name_keeps_the_exposition_valid() -> Result<()> {
     let agent = Agent::start_with_config(FAST)?;
     let hostile = HostileProcess::spawn(b"x\"y\\z\n}\xff{ #")?;
     let inode = hostile.netns()?;
-    let labels = wait_info(&agent, inode, "the hostile comm", |l, _| {
-        !l["comm"].is_empty()
-    })?;
+    let labels = wait_info(&agent, inode, "the hostile comm", |l, _| !l["comm"].is_empty())?;
     // Faithful: the bytes come back, the invalid one as \xff.
-    ensure!(
-        labels["comm"] == "x\"y\\z\n}\\xff{ #",
-        "{:?}",
-        labels["comm"]
-    );
+    ensure!(labels["comm"] == "x\"y\\z\n}\\xff{ #", "{:?}", labels["comm"]);
     let text = agent.get("/metrics")?;
     let problems = promtool_check(&text)?;
     ensure!(problems.is_empty(), "promtool: {problems}");
@@ -156,13 +141,9 @@ fn a_destroyed_namespace_leaves_the_exposition_after_the_grace_period() -> Resul
 #[test]
 fn namespaces_past_the_cap_fold_into_overflow() -> Result<()> {
     let baseline = netns_agent_e2e::visible_namespaces().len();
-    let agent = Agent::start_with_config(&format!(
-        "{FAST}[limits]\ntracked_namespaces = {}\n",
-        baseline + 2
-    ))?;
-    let named: Vec<NamedNetns> = (0..5)
-        .map(|_| NamedNetns::add("cap"))
-        .collect::<Result<_>>()?;
+    let agent =
+        Agent::start_with_config(&format!("{FAST}[limits]\ntracked_namespaces = {}\n", baseline + 2))?;
+    let named: Vec<NamedNetns> = (0..5).map(|_| NamedNetns::add("cap")).collect::<Result<_>>()?;
     let m = wait_for("3 namespaces dropped", Duration::from_secs(10), || {
         let m = agent.scrape()?;
         Ok((m.get("netns_agent_namespaces_dropped_total", &[]) == 3.0).then_some(m))
@@ -178,9 +159,7 @@ fn namespaces_past_the_cap_fold_into_overflow() -> Result<()> {
     netns_agent_e2e::run("ip", &["-n", &last.name, "route", "get", "127.0.0.1"])?;
     let m = agent.scrape()?;
     ensure!(
-        m.series("netns_route_lookups_total")
-            .iter()
-            .any(|l| l["netns"] == "overflow"),
+        m.series("netns_route_lookups_total").iter().any(|l| l["netns"] == "overflow"),
         "no overflow series"
     );
     Ok(())
@@ -192,11 +171,7 @@ fn churn_of_short_lived_namespaces_leaves_exposition_and_memory_where_they_start
     // Under emulation (the VM matrix) a smaller burst keeps the suite inside its budget.
     let burst = if slowdown() > 1 { 300 } else { 2000 };
     let lines = |agent: &Agent| -> Result<usize> {
-        Ok(agent
-            .get("/metrics")?
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .count())
+        Ok(agent.get("/metrics")?.lines().filter(|l| !l.starts_with('#')).count())
     };
     let churn = |agent: &Agent| -> Result<()> {
         let destroyed = agent.scrape()?.get("netns_destroyed_total", &[]);
@@ -204,10 +179,7 @@ fn churn_of_short_lived_namespaces_leaves_exposition_and_memory_where_they_start
             clone_newnet(false)?;
         }
         wait_for("every teardown", Duration::from_secs(60), || {
-            Ok(
-                (agent.scrape()?.get("netns_destroyed_total", &[]) >= destroyed + burst as f64)
-                    .then_some(()),
-            )
+            Ok((agent.scrape()?.get("netns_destroyed_total", &[]) >= destroyed + burst as f64).then_some(()))
         })?;
         // Grace is 2 s: afterwards only the namespaces that were there before remain.
         std::thread::sleep(Duration::from_secs(4));
@@ -220,10 +192,7 @@ fn churn_of_short_lived_namespaces_leaves_exposition_and_memory_where_they_start
     let after = lines(&agent)?;
     let rss_after = rss_kib(agent.pid())?;
     // The churning thread's comm adds one netns_created_total series; nothing else stays.
-    ensure!(
-        after <= before + 1,
-        "exposition grew from {before} to {after} lines"
-    );
+    ensure!(after <= before + 1, "exposition grew from {before} to {after} lines");
     ensure!(
         rss_after <= rss_warm + 2048,
         "RSS grew from {rss_warm} KiB to {rss_after} KiB over {burst} namespaces"

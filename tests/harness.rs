@@ -27,35 +27,23 @@ pub fn mode() -> String {
 
 /// Scales waits for slow (emulated) machines.
 pub fn slowdown() -> u32 {
-    std::env::var("NETNS_AGENT_TEST_SLOWDOWN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
+    std::env::var("NETNS_AGENT_TEST_SLOWDOWN").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
 }
 
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("NETNS_AGENT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent"))
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Polls `check` until it returns `Ok(Some(_))` or the (scaled) timeout passes; the last
 /// error explains the failure.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout * slowdown();
     loop {
         let last = match check() {
@@ -98,25 +86,13 @@ impl Agent {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("starting {}", agent_bin().display()))?;
-        let mut agent = Self {
-            child: Some(child),
-            port,
-            log,
-        };
-        wait_for(
-            "the agent to serve /metrics",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = agent
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    bail!("agent exited with {status}: {}", agent.log_text());
-                }
-                Ok(agent.scrape().ok().map(|_| ()))
-            },
-        )?;
+        let mut agent = Self { child: Some(child), port, log };
+        wait_for("the agent to serve /metrics", Duration::from_secs(30), || {
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("agent exited with {status}: {}", agent.log_text());
+            }
+            Ok(agent.scrape().ok().map(|_| ()))
+        })?;
         Ok(agent)
     }
 
@@ -137,9 +113,7 @@ impl Agent {
         let mut child = self.child.take().context("already stopped")?;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = wait_for("the agent to exit", Duration::from_secs(20), || {
-            Ok(child.try_wait()?)
-        })?;
+        let status = wait_for("the agent to exit", Duration::from_secs(20), || Ok(child.try_wait()?))?;
         Ok((status, self.log_text()))
     }
 }
@@ -161,13 +135,8 @@ pub fn http_get(port: u16, path: &str) -> Result<String> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    ensure!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "HTTP error: {head}"
-    );
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "HTTP error: {head}");
     Ok(body.to_owned())
 }
 
@@ -181,10 +150,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn parse(text: &str) -> Self {
         let mut samples: BTreeMap<String, BTreeMap<Vec<(String, String)>, f64>> = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
             };
@@ -196,37 +162,22 @@ impl Metrics {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, Vec::new()),
             };
-            samples
-                .entry(name.to_owned())
-                .or_default()
-                .insert(labels, value);
+            samples.entry(name.to_owned()).or_default().insert(labels, value);
         }
-        Self {
-            samples,
-            text: text.to_owned(),
-        }
+        Self { samples, text: text.to_owned() }
     }
 
     /// The sample with exactly these labels, or 0 when absent (counters start at zero).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut key: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let mut key: Vec<(String, String)> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         key.sort();
-        self.samples
-            .get(name)
-            .and_then(|m| m.get(&key))
-            .copied()
-            .unwrap_or(0.0)
+        self.samples.get(name).and_then(|m| m.get(&key)).copied().unwrap_or(0.0)
     }
 
     /// Sum over every sample of `name`.
     pub fn sum(&self, name: &str) -> f64 {
-        self.samples
-            .get(name)
-            .map(|m| m.values().sum())
-            .unwrap_or(0.0)
+        self.samples.get(name).map(|m| m.values().sum()).unwrap_or(0.0)
     }
 
     /// Label sets of `name`.
@@ -273,10 +224,7 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
 
 /// Runs a command, failing with its stderr if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
     ensure!(
         out.status.success(),
         "{cmd} {} failed ({}): {}",
@@ -290,11 +238,7 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
 /// A unique name for test namespaces and devices.
 pub fn unique(prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A named namespace (`ip netns add`), deleted on drop.
@@ -307,10 +251,7 @@ impl NamedNetns {
     pub fn add(prefix: &str) -> Result<Self> {
         let name = unique(prefix);
         run("ip", &["netns", "add", &name])?;
-        Ok(Self {
-            name,
-            deleted: false,
-        })
+        Ok(Self { name, deleted: false })
     }
 
     /// The namespace inode, as `ls -L -i /run/netns/NAME` shows it.
@@ -328,19 +269,14 @@ impl NamedNetns {
 impl Drop for NamedNetns {
     fn drop(&mut self) {
         if !self.deleted {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output();
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
         }
     }
 }
 
 /// The comm of the calling thread (what the kernel reports for creations made here).
 pub fn thread_comm() -> String {
-    std::fs::read_to_string("/proc/thread-self/comm")
-        .unwrap_or_default()
-        .trim_end()
-        .to_owned()
+    std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default().trim_end().to_owned()
 }
 
 /// Creates a namespace with `clone(CLONE_NEWNET)` (or clone3); the child exits at once.
@@ -375,31 +311,12 @@ fn raw_clone_newnet(clone3: bool) -> i64 {
             stack_size: u64,
             tls: u64,
         }
-        let args = CloneArgs {
-            flags: CLONE_NEWNET,
-            exit_signal: libc::SIGCHLD as u64,
-            ..Default::default()
-        };
+        let args = CloneArgs { flags: CLONE_NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
         // SAFETY: a fork-like clone3; the caller makes the child exit at once.
-        unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                size_of::<CloneArgs>(),
-            )
-        }
+        unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) }
     } else {
         // SAFETY: a fork-like clone (no new stack); the caller makes the child exit at once.
-        unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                CLONE_NEWNET | libc::SIGCHLD as u64,
-                0,
-                0,
-                0,
-                0,
-            )
-        }
+        unsafe { libc::syscall(libc::SYS_clone, CLONE_NEWNET | libc::SIGCHLD as u64, 0, 0, 0, 0) }
     }
 }
 
@@ -426,9 +343,7 @@ pub fn failing_creations(unshares: u32, clones: u32) -> Result<u32> {
                 libc::_exit(11);
             }
             for _ in 0..unshares {
-                if libc::unshare(libc::CLONE_NEWNET) == 0
-                    || *libc::__errno_location() != libc::ENOSPC
-                {
+                if libc::unshare(libc::CLONE_NEWNET) == 0 || *libc::__errno_location() != libc::ENOSPC {
                     libc::_exit(12);
                 }
             }
@@ -485,10 +400,7 @@ pub fn visible_namespaces() -> std::collections::BTreeSet<u64> {
 
 /// Runs `f` on a thread that has entered the named namespace (network namespaces are
 /// per-thread: the rest of the test process stays where it is).
-pub fn in_netns<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     use std::os::fd::AsRawFd as _;
     let path = format!("/run/netns/{name}");
     thread::spawn(move || -> Result<T> {
@@ -530,11 +442,7 @@ pub struct RouterTopology {
 
 impl RouterTopology {
     pub fn new() -> Result<Self> {
-        let (a, r, b) = (
-            NamedNetns::add("ta")?,
-            NamedNetns::add("tr")?,
-            NamedNetns::add("tb")?,
-        );
+        let (a, r, b) = (NamedNetns::add("ta")?, NamedNetns::add("tr")?, NamedNetns::add("tb")?);
         let ip = |ns: &NamedNetns, args: &str| -> Result<()> {
             let mut full = vec!["-n", ns.name.as_str()];
             full.extend(args.split_whitespace());
@@ -543,14 +451,8 @@ impl RouterTopology {
         for ns in [&a, &r, &b] {
             ip(ns, "link set lo up")?;
         }
-        ip(
-            &a,
-            &format!("link add va type veth peer name vra netns {}", r.name),
-        )?;
-        ip(
-            &b,
-            &format!("link add vb type veth peer name vrb netns {}", r.name),
-        )?;
+        ip(&a, &format!("link add va type veth peer name vra netns {}", r.name))?;
+        ip(&b, &format!("link add vb type veth peer name vrb netns {}", r.name))?;
         ip(&a, "addr add 10.77.1.2/24 dev va")?;
         ip(&a, "addr add fd77:1::2/64 dev va nodad")?;
         ip(&a, "link set va up")?;
@@ -567,28 +469,8 @@ impl RouterTopology {
         ip(&b, "link set vb up")?;
         ip(&b, "route add default via 10.77.2.1")?;
         ip(&b, "-6 route add default via fd77:2::1")?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &r.name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &r.name,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.forwarding=1",
-            ],
-        )?;
+        run("ip", &["netns", "exec", &r.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        run("ip", &["netns", "exec", &r.name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         Ok(Self { a, r, b })
     }
 }
@@ -618,13 +500,7 @@ pub struct ChildProcess(pub Child);
 
 impl ChildProcess {
     pub fn spawn(cmd: &str, args: &[&str]) -> Result<Self> {
-        Ok(Self(
-            Command::new(cmd)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()?,
-        ))
+        Ok(Self(Command::new(cmd).args(args).stdin(Stdio::null()).stdout(Stdio::null()).spawn()?))
     }
 
     pub fn pid(&self) -> u32 {
@@ -695,11 +571,7 @@ pub fn promtool_check(text: &str) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running promtool (Debian package prometheus)")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(text.as_bytes())?;
+    child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
     let out = child.wait_with_output()?;
     let mut problems = String::from_utf8_lossy(&out.stdout).into_owned();
     problems.push_str(&String::from_utf8_lossy(&out.stderr));

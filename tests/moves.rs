@@ -4,17 +4,11 @@ use anyhow::{Result, ensure};
 use netns_agent_e2e::{Agent, Metrics, NamedNetns, run, unique, wait_for};
 
 fn moves(m: &Metrics, netns: u64, direction: &str) -> f64 {
-    m.get(
-        "netns_device_moves_total",
-        &[("netns", &netns.to_string()), ("direction", direction)],
-    )
+    m.get("netns_device_moves_total", &[("netns", &netns.to_string()), ("direction", direction)])
 }
 
 fn failures(m: &Metrics, netns: u64) -> f64 {
-    m.get(
-        "netns_device_move_failures_total",
-        &[("netns", &netns.to_string())],
-    )
+    m.get("netns_device_move_failures_total", &[("netns", &netns.to_string())])
 }
 
 fn host_netns() -> Result<u64> {
@@ -28,19 +22,14 @@ struct Veth(String, String);
 impl Veth {
     fn new() -> Result<Self> {
         let (a, b) = (unique("mv"), unique("mp"));
-        run(
-            "ip",
-            &["link", "add", &a, "type", "veth", "peer", "name", &b],
-        )?;
+        run("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b])?;
         Ok(Self(a, b))
     }
 }
 
 impl Drop for Veth {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.1])
-            .output();
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.1]).output();
     }
 }
 
@@ -52,10 +41,7 @@ fn moves_host_to_x_to_y_and_back_count_exactly() -> Result<()> {
     let veth = Veth::new()?;
     let before = agent.scrape()?;
     run("ip", &["link", "set", &veth.0, "netns", &x.name])?;
-    run(
-        "ip",
-        &["-n", &x.name, "link", "set", &veth.0, "netns", &y.name],
-    )?;
+    run("ip", &["-n", &x.name, "link", "set", &veth.0, "netns", &y.name])?;
     run("ip", &["-n", &y.name, "link", "set", &veth.0, "netns", "1"])?;
     run("ip", &["link", "set", &veth.1, "netns", &y.name])?;
     let after = wait_for("4 moves", std::time::Duration::from_secs(10), || {
@@ -69,28 +55,13 @@ fn moves_host_to_x_to_y_and_back_count_exactly() -> Result<()> {
         d(host, "out"),
         d(host, "in")
     );
-    ensure!(
-        d(xi, "in") == 1.0 && d(xi, "out") == 1.0,
-        "x in {} out {}",
-        d(xi, "in"),
-        d(xi, "out")
-    );
-    ensure!(
-        d(yi, "in") == 2.0 && d(yi, "out") == 1.0,
-        "y in {} out {}",
-        d(yi, "in"),
-        d(yi, "out")
-    );
+    ensure!(d(xi, "in") == 1.0 && d(xi, "out") == 1.0, "x in {} out {}", d(xi, "in"), d(xi, "out"));
+    ensure!(d(yi, "in") == 2.0 && d(yi, "out") == 1.0, "y in {} out {}", d(yi, "in"), d(yi, "out"));
     for ns in [host, xi, yi] {
-        ensure!(
-            failures(&after, ns) == failures(&before, ns),
-            "no failures in {ns}"
-        );
+        ensure!(failures(&after, ns) == failures(&before, ns), "no failures in {ns}");
     }
     ensure!(
-        agent
-            .log_text()
-            .contains(&format!("moved from netns {xi} to netns {yi}")),
+        agent.log_text().contains(&format!("moved from netns {xi} to netns {yi}")),
         "{}",
         agent.log_text()
     );
@@ -104,30 +75,14 @@ fn a_failed_move_is_a_failure_not_a_move() -> Result<()> {
     let (host, xi) = (host_netns()?, x.inode()?);
     // The destination already has a device of the same name: the move fails with EEXIST.
     let veth = Veth::new()?;
-    run(
-        "ip",
-        &[
-            "-n", &x.name, "link", "add", &veth.0, "type", "veth", "peer", "name", "p0",
-        ],
-    )?;
+    run("ip", &["-n", &x.name, "link", "add", &veth.0, "type", "veth", "peer", "name", "p0"])?;
     let before = agent.scrape()?;
-    let out = std::process::Command::new("ip")
-        .args(["link", "set", &veth.0, "netns", &x.name])
-        .output()?;
+    let out = std::process::Command::new("ip").args(["link", "set", &veth.0, "netns", &x.name]).output()?;
     ensure!(!out.status.success(), "the conflicting move succeeded");
     let after = agent.scrape()?;
-    ensure!(
-        failures(&after, host) - failures(&before, host) == 1.0,
-        "host failures"
-    );
-    ensure!(
-        moves(&after, host, "out") == moves(&before, host, "out"),
-        "a failure is not a move out"
-    );
-    ensure!(
-        moves(&after, xi, "in") == moves(&before, xi, "in"),
-        "a failure is not a move in"
-    );
+    ensure!(failures(&after, host) - failures(&before, host) == 1.0, "host failures");
+    ensure!(moves(&after, host, "out") == moves(&before, host, "out"), "a failure is not a move out");
+    ensure!(moves(&after, xi, "in") == moves(&before, xi, "in"), "a failure is not a move in");
     Ok(())
 }
 
@@ -142,10 +97,8 @@ fn the_agent_keeps_no_namespace_alive() -> Result<()> {
     run("ip", &["-n", &x.name, "link", "set", &veth.0, "netns", "1"])?;
     let destroyed = agent.scrape()?.get("netns_destroyed_total", &[]);
     x.delete()?;
-    wait_for(
-        "the namespace's teardown",
-        std::time::Duration::from_secs(20),
-        || Ok((agent.scrape()?.get("netns_destroyed_total", &[]) > destroyed).then_some(())),
-    )?;
+    wait_for("the namespace's teardown", std::time::Duration::from_secs(20), || {
+        Ok((agent.scrape()?.get("netns_destroyed_total", &[]) > destroyed).then_some(()))
+    })?;
     Ok(())
 }

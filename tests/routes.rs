@@ -12,9 +12,7 @@ fn lookups(m: &Metrics, netns: u64, family: &str, results: &[&str]) -> f64 {
     let netns = netns.to_string();
     m.series("netns_route_lookups_total")
         .into_iter()
-        .filter(|l| {
-            l["netns"] == netns && l["family"] == family && results.contains(&l["result"].as_str())
-        })
+        .filter(|l| l["netns"] == netns && l["family"] == family && results.contains(&l["result"].as_str()))
         .map(|l| {
             m.get(
                 "netns_route_lookups_total",
@@ -44,10 +42,7 @@ fn forwarded_packets_count_in_the_router_and_the_sender() -> Result<()> {
         let after = agent.scrape()?;
         let router = delta(&before, &after, r, family, &["hit"]);
         let sender = delta(&before, &after, a, family, &["hit"]);
-        ensure!(
-            router >= K as f64,
-            "{family}: router hits +{router}, want at least {K}"
-        );
+        ensure!(router >= K as f64, "{family}: router hits +{router}, want at least {K}");
         // The sender looks up a route per datagram, and a few more for neighbour discovery.
         ensure!(
             sender >= K as f64 && sender <= K as f64 * 1.1 + 10.0,
@@ -62,10 +57,7 @@ fn unroutable_packets_fail_in_the_router_never_in_the_sender() -> Result<()> {
     let topo = RouterTopology::new()?;
     let agent = Agent::start()?;
     let (a, r) = (topo.a.inode()?, topo.r.inode()?);
-    let cases = [
-        ("ipv4", "10.77.2.2:9", "10.99.0.1:9"),
-        ("ipv6", "[fd77:2::2]:9", "[fd99::1]:9"),
-    ];
+    let cases = [("ipv4", "10.77.2.2:9", "10.99.0.1:9"), ("ipv6", "[fd77:2::2]:9", "[fd99::1]:9")];
     for (family, routable, unroutable) in cases {
         // The sender's own lookups may miss in a table before they hit (IPv6 consults the
         // local table first): measure them on routable traffic, then require the same.
@@ -77,18 +69,9 @@ fn unroutable_packets_fail_in_the_router_never_in_the_sender() -> Result<()> {
         let router = delta(&m1, &m2, r, family, &FAILED);
         let own = delta(&m0, &m1, a, family, &FAILED);
         let sender = delta(&m1, &m2, a, family, &FAILED);
-        ensure!(
-            router >= K as f64,
-            "{family}: router failed lookups +{router}, want at least {K}"
-        );
-        ensure!(
-            sender == own,
-            "{family}: sender failed lookups +{sender}, +{own} for routable traffic"
-        );
-        ensure!(
-            delta(&m1, &m2, a, family, &["hit"]) >= K as f64,
-            "{family}: sender hits its default route"
-        );
+        ensure!(router >= K as f64, "{family}: router failed lookups +{router}, want at least {K}");
+        ensure!(sender == own, "{family}: sender failed lookups +{sender}, +{own} for routable traffic");
+        ensure!(delta(&m1, &m2, a, family, &["hit"]) >= K as f64, "{family}: sender hits its default route");
     }
     Ok(())
 }
@@ -107,9 +90,8 @@ fn route_get_in_a_fresh_namespace_hits_and_misses_there() -> Result<()> {
     ];
     for (family, flag, addr, routable) in cases {
         let before = agent.scrape()?;
-        let out = std::process::Command::new("ip")
-            .args(["-n", &ns.name, flag, "route", "get", addr])
-            .output()?;
+        let out =
+            std::process::Command::new("ip").args(["-n", &ns.name, flag, "route", "get", addr]).output()?;
         ensure!(
             out.status.success() == routable,
             "ip route get {addr}: {}",
@@ -119,15 +101,9 @@ fn route_get_in_a_fresh_namespace_hits_and_misses_there() -> Result<()> {
         let hits = delta(&before, &after, inode, family, &["hit"]);
         let failed = delta(&before, &after, inode, family, &FAILED);
         if routable {
-            ensure!(
-                hits >= 1.0 && failed == 0.0,
-                "{addr}: hits +{hits}, failed +{failed}"
-            );
+            ensure!(hits >= 1.0 && failed == 0.0, "{addr}: hits +{hits}, failed +{failed}");
         } else {
-            ensure!(
-                hits == 0.0 && failed >= 1.0,
-                "{addr}: hits +{hits}, failed +{failed}"
-            );
+            ensure!(hits == 0.0 && failed >= 1.0, "{addr}: hits +{hits}, failed +{failed}");
         }
     }
     Ok(())
@@ -135,25 +111,13 @@ fn route_get_in_a_fresh_namespace_hits_and_misses_there() -> Result<()> {
 
 #[test]
 fn lookups_of_a_destroyed_namespace_leave_with_it() -> Result<()> {
-    let agent = Agent::start_with(&[
-        "--attach",
-        &netns_agent_e2e::mode(),
-        "--config",
-        &grace_config(2)?,
-    ])?;
+    let agent = Agent::start_with(&["--attach", &netns_agent_e2e::mode(), "--config", &grace_config(2)?])?;
     let ns = NamedNetns::add("gone")?;
     let inode = ns.inode()?.to_string();
     run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
     run("ip", &["-n", &ns.name, "route", "get", "127.0.0.1"])?;
-    let has_series = |m: &Metrics| {
-        m.series("netns_route_lookups_total")
-            .iter()
-            .any(|l| l["netns"] == inode)
-    };
-    ensure!(
-        has_series(&agent.scrape()?),
-        "no series for the namespace while it lives"
-    );
+    let has_series = |m: &Metrics| m.series("netns_route_lookups_total").iter().any(|l| l["netns"] == inode);
+    ensure!(has_series(&agent.scrape()?), "no series for the namespace while it lives");
     ns.delete()?;
     netns_agent_e2e::wait_for(
         "the series to leave after the grace period",
@@ -164,10 +128,7 @@ fn lookups_of_a_destroyed_namespace_leave_with_it() -> Result<()> {
 
 /// A config file with a short series grace period.
 pub fn grace_config(seconds: u64) -> Result<String> {
-    let path = std::env::temp_dir().join(format!(
-        "netns-agent-grace-{}-{seconds}.toml",
-        std::process::id()
-    ));
+    let path = std::env::temp_dir().join(format!("netns-agent-grace-{}-{seconds}.toml", std::process::id()));
     std::fs::write(&path, format!("series_grace_seconds = {seconds}\n"))?;
     Ok(path.to_string_lossy().into_owned())
 }

@@ -37,6 +37,8 @@ pub struct Prepared {
     pub fields: Vec<ResolvedField>,
     pub btf: Btf,
     pub ebpf: Ebpf,
+    /// Addresses of the kernel functions the probes use.
+    pub kallsyms: HashMap<String, u64>,
 }
 
 /// The checks and loading shared by `run` and `check`. Each failure is one line that names
@@ -49,21 +51,15 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     let (offsets, fields) = layout.resolve();
     let btf = Btf::parse_file(&settings.btf, Endianness::default())
         .with_context(|| format!("cannot parse BTF {}", settings.btf.display()))?;
-    let ebpf = loader::load(&offsets, &btf, &settings.limits)?;
-    Ok(Prepared {
-        release,
-        layout,
-        fields,
-        btf,
-        ebpf,
-    })
+    let kallsyms = host::kallsyms_functions(&crate::probes::all_functions());
+    let cleanup_net = kallsyms.get("cleanup_net").copied().unwrap_or(0);
+    let ebpf = loader::load(&offsets, cleanup_net, &btf, &settings.limits)?;
+    Ok(Prepared { release, layout, fields, btf, ebpf, kallsyms })
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays usable).
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What `/metrics` reads, and what the event and housekeeping tasks update.
@@ -89,10 +85,7 @@ impl AgentState {
         let mut attached = metrics::Family::new(&metrics::PROBE_ATTACHED);
         for (probe, mode, modes) in &self.probes {
             for m in modes {
-                attached.add(
-                    &[probe, m.as_str()],
-                    if *mode == Some(*m) { 1.0 } else { 0.0 },
-                );
+                attached.add(&[probe, m.as_str()], if *mode == Some(*m) { 1.0 } else { 0.0 });
             }
         }
         out.extend(attached.finish());
@@ -114,14 +107,10 @@ impl AgentState {
         let mut processes = metrics::Family::new(&metrics::NETNS_PROCESSES);
         let none = Owner::default();
         for (_, ns) in namespaces.iter() {
-            let owner = owners
-                .get(&ns.inum)
-                .filter(|_| ns.destroyed_at.is_none())
-                .unwrap_or(&none);
+            let owner = owners.get(&ns.inum).filter(|_| ns.destroyed_at.is_none()).unwrap_or(&none);
             let netns = ns.inum.to_string();
-            let (pid, comm) = owner.main.as_ref().map_or((String::new(), ""), |m| {
-                (m.pid.to_string(), m.comm.as_str())
-            });
+            let (pid, comm) =
+                owner.main.as_ref().map_or((String::new(), ""), |m| (m.pid.to_string(), m.comm.as_str()));
             info.add(
                 &[
                     &netns,
@@ -152,11 +141,7 @@ impl AgentState {
     /// A namespace was just created: note the process in it now, before it can exit (the
     /// next full scan corrects everything else).
     fn note_creator(&self, event: &LifecycleEvent) {
-        let pid = if event.member_pid != 0 {
-            event.member_pid
-        } else {
-            event.pid
-        };
+        let pid = if event.member_pid != 0 { event.member_pid } else { event.pid };
         let Some((inum, info, container)) = attribution::process(&self.sources, pid as i32) else {
             return;
         };
@@ -222,23 +207,13 @@ pub fn outcome_line(outcome: &ProbeOutcome) -> String {
         Some(mode) => format!("probe {}: attached ({mode})", outcome.probe.name),
         None => format!("probe {}: NOT attached", outcome.probe.name),
     };
-    if failures.is_empty() {
-        head
-    } else {
-        format!("{head}; {}", failures.join("; "))
-    }
+    if failures.is_empty() { head } else { format!("{head}; {}", failures.join("; ")) }
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Bind first: a taken port should fail before any probe touches the kernel.
     let listener = crate::http::bind(settings.listen).await?;
-    let Prepared {
-        release,
-        layout,
-        fields,
-        btf,
-        mut ebpf,
-    } = prepare(&settings)?;
+    let Prepared { release, layout, fields, btf, mut ebpf, kallsyms } = prepare(&settings)?;
     log::info!(
         "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved)",
         env!("CARGO_PKG_VERSION"),
@@ -247,7 +222,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         fields.len()
     );
 
-    let kernel = KernelView::new(&btf, &layout, &fields);
+    let kernel = KernelView::new(&btf, &layout, &fields, kallsyms);
     let outcomes = attach::attach_all(&mut ebpf, &kernel, settings.attach, false);
     for outcome in &outcomes {
         if outcome.attached.is_some() {
@@ -267,11 +242,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     "inventory: {} namespaces alive in the kernel ({} dying){}",
                     walk.status.count,
                     walk.status.dying,
-                    if walk.status.complete == 1 {
-                        ""
-                    } else {
-                        "; walk INCOMPLETE"
-                    }
+                    if walk.status.complete == 1 { "" } else { "; walk INCOMPLETE" }
                 );
                 namespaces.sync(&inventory.live(), Instant::now());
                 Some(inventory)
@@ -295,13 +266,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         kernel: release,
         probes: outcomes
             .iter()
-            .map(|o| {
-                (
-                    o.probe.name,
-                    o.attached,
-                    o.probe.variants.iter().map(|v| v.mode).collect(),
-                )
-            })
+            .map(|o| (o.probe.name, o.attached, o.probe.variants.iter().map(|v| v.mode).collect()))
             .collect(),
         lifecycle: lifecycle_maps,
         events_lost: event_maps.lost,
@@ -315,9 +280,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let events_task = {
         let state = Arc::clone(&state);
-        tokio::spawn(events::consume(event_maps.ring, move |event| {
-            state.on_event(event)
-        }))
+        tokio::spawn(events::consume(event_maps.ring, move |event| state.on_event(event)))
     };
     let housekeeping_task = {
         let state = Arc::clone(&state);

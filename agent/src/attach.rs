@@ -2,7 +2,7 @@
 //! the forced mode) until one attaches completely. A probe that cannot attach is reported
 //! and skipped; it never stops the others.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use aya::{
     Btf, Ebpf,
@@ -39,19 +39,25 @@ pub struct KernelView<'a> {
     pub btf: &'a Btf,
     pub layout: &'a KernelLayout,
     pub fields: &'a [ResolvedField],
-    pub kallsyms: HashSet<String>,
+    /// Kernel functions by name, with their addresses.
+    pub kallsyms: HashMap<String, u64>,
     pub tracefs: Result<&'static str, String>,
     /// Why kprobes cannot work, if they cannot.
     pub no_kprobes: Option<String>,
 }
 
 impl<'a> KernelView<'a> {
-    pub fn new(btf: &'a Btf, layout: &'a KernelLayout, fields: &'a [ResolvedField]) -> Self {
+    pub fn new(
+        btf: &'a Btf,
+        layout: &'a KernelLayout,
+        fields: &'a [ResolvedField],
+        kallsyms: HashMap<String, u64>,
+    ) -> Self {
         Self {
             btf,
             layout,
             fields,
-            kallsyms: host::kallsyms_functions(&crate::probes::all_functions()),
+            kallsyms,
             tracefs: host::ensure_tracefs(),
             no_kprobes: host::kprobe_support(),
         }
@@ -69,11 +75,7 @@ pub fn attach_all(
     PROBES
         .iter()
         .map(|probe| {
-            let mut outcome = ProbeOutcome {
-                probe,
-                attached: None,
-                attempts: Vec::new(),
-            };
+            let mut outcome = ProbeOutcome { probe, attached: None, attempts: Vec::new() };
             for variant in probe.variants {
                 if let Policy::Force(mode) = policy
                     && variant.mode != mode
@@ -94,27 +96,15 @@ pub fn attach_all(
         .collect()
 }
 
-fn attach_variant(
-    ebpf: &mut Ebpf,
-    kernel: &KernelView<'_>,
-    variant: &Variant,
-) -> Result<(), String> {
+fn attach_variant(ebpf: &mut Ebpf, kernel: &KernelView<'_>, variant: &Variant) -> Result<(), String> {
     let missing: Vec<&str> = variant
         .fields
         .iter()
         .copied()
-        .filter(|name| {
-            kernel
-                .fields
-                .iter()
-                .any(|f| f.name == *name && f.found.is_none())
-        })
+        .filter(|name| kernel.fields.iter().any(|f| f.name == *name && f.found.is_none()))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "this kernel's BTF lacks fields {}",
-            missing.join(", ")
-        ));
+        return Err(format!("this kernel's BTF lacks fields {}", missing.join(", ")));
     }
     let mut done: Vec<&str> = Vec::new();
     for hook in variant.hooks {
@@ -143,11 +133,7 @@ fn unload(program: &mut Program) -> Result<(), ProgramError> {
     }
 }
 
-fn pick_function(
-    hook: &Hook,
-    exists: impl Fn(&str) -> bool,
-    source: &str,
-) -> Result<&'static str, String> {
+fn pick_function(hook: &Hook, exists: impl Fn(&str) -> bool, source: &str) -> Result<&'static str, String> {
     hook.functions()
         .iter()
         .copied()
@@ -165,52 +151,37 @@ fn attach_hook(ebpf: &mut Ebpf, kernel: &KernelView<'_>, hook: &Hook) -> Result<
         Hook::Fentry { .. } => {
             let function = pick_function(hook, |f| kernel.layout.has_function(f), "BTF")?;
             let p: &mut FEntry = program.try_into().map_err(|e| context("program type", e))?;
-            p.load(function, kernel.btf)
-                .map_err(|e| context(&format!("fentry {function} load"), e))?;
-            p.attach()
-                .map_err(|e| context(&format!("fentry {function} attach"), e))?;
+            p.load(function, kernel.btf).map_err(|e| context(&format!("fentry {function} load"), e))?;
+            p.attach().map_err(|e| context(&format!("fentry {function} attach"), e))?;
         }
         Hook::Fexit { .. } => {
             let function = pick_function(hook, |f| kernel.layout.has_function(f), "BTF")?;
             let p: &mut FExit = program.try_into().map_err(|e| context("program type", e))?;
-            p.load(function, kernel.btf)
-                .map_err(|e| context(&format!("fexit {function} load"), e))?;
-            p.attach()
-                .map_err(|e| context(&format!("fexit {function} attach"), e))?;
+            p.load(function, kernel.btf).map_err(|e| context(&format!("fexit {function} load"), e))?;
+            p.attach().map_err(|e| context(&format!("fexit {function} attach"), e))?;
         }
         Hook::Kprobe { .. } | Hook::Kretprobe { .. } => {
             if let Some(why) = &kernel.no_kprobes {
                 return Err(why.clone());
             }
-            let function = pick_function(hook, |f| kernel.kallsyms.contains(f), "/proc/kallsyms")?;
+            let function = pick_function(hook, |f| kernel.kallsyms.contains_key(f), "/proc/kallsyms")?;
             let p: &mut KProbe = program.try_into().map_err(|e| context("program type", e))?;
-            p.load()
-                .map_err(|e| context(&format!("kprobe {function} load"), e))?;
-            p.attach(function, 0)
-                .map_err(|e| context(&format!("kprobe {function} attach"), e))?;
+            p.load().map_err(|e| context(&format!("kprobe {function} load"), e))?;
+            p.attach(function, 0).map_err(|e| context(&format!("kprobe {function} attach"), e))?;
         }
         Hook::BtfTracepoint { tracepoint, .. } => {
-            let p: &mut BtfTracePoint =
-                program.try_into().map_err(|e| context("program type", e))?;
-            p.load(tracepoint, kernel.btf)
-                .map_err(|e| context(&format!("tp_btf {tracepoint} load"), e))?;
-            p.attach()
-                .map_err(|e| context(&format!("tp_btf {tracepoint} attach"), e))?;
+            let p: &mut BtfTracePoint = program.try_into().map_err(|e| context("program type", e))?;
+            p.load(tracepoint, kernel.btf).map_err(|e| context(&format!("tp_btf {tracepoint} load"), e))?;
+            p.attach().map_err(|e| context(&format!("tp_btf {tracepoint} attach"), e))?;
         }
-        Hook::Tracepoint {
-            category, name: tp, ..
-        } => {
+        Hook::Tracepoint { category, name: tp, .. } => {
             let tracefs = kernel.tracefs.as_ref().map_err(Clone::clone)?;
             if !host::has_tracepoint(tracefs, category, tp) {
-                return Err(format!(
-                    "tracepoint {category}:{tp} does not exist on this kernel"
-                ));
+                return Err(format!("tracepoint {category}:{tp} does not exist on this kernel"));
             }
             let p: &mut TracePoint = program.try_into().map_err(|e| context("program type", e))?;
-            p.load()
-                .map_err(|e| context(&format!("tracepoint {category}:{tp} load"), e))?;
-            p.attach(category, tp)
-                .map_err(|e| context(&format!("tracepoint {category}:{tp} attach"), e))?;
+            p.load().map_err(|e| context(&format!("tracepoint {category}:{tp} load"), e))?;
+            p.attach(category, tp).map_err(|e| context(&format!("tracepoint {category}:{tp} attach"), e))?;
         }
     }
     Ok(())
@@ -218,19 +189,10 @@ fn attach_hook(ebpf: &mut Ebpf, kernel: &KernelView<'_>, hook: &Hook) -> Result<
 
 /// A one-line reason for a program error; the verifier log goes to the debug log.
 pub fn describe(err: &ProgramError) -> String {
-    if let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = err
-    {
+    if let ProgramError::LoadError { io_error, verifier_log } = err {
         let log = verifier_log.to_string();
         log::debug!("verifier log:\n{log}");
-        let statistics = [
-            "processed ",
-            "verification time",
-            "stack depth",
-            "max_states_per_insn",
-        ];
+        let statistics = ["processed ", "verification time", "stack depth", "max_states_per_insn"];
         let reason = log
             .lines()
             .rev()

@@ -25,10 +25,7 @@ pub struct Sources {
 
 impl Default for Sources {
     fn default() -> Self {
-        Self {
-            proc_root: PathBuf::from("/proc"),
-            cni_cache_dir: PathBuf::from("/var/lib/cni/results"),
-        }
+        Self { proc_root: PathBuf::from("/proc"), cni_cache_dir: PathBuf::from("/var/lib/cni/results") }
     }
 }
 
@@ -70,9 +67,7 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 /// The inode number of the network namespace at `path` (a `/proc/PID/ns/net` link or an
 /// nsfs bind mount), without keeping anything open.
 fn netns_inode(path: &Path) -> Option<u32> {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
+    std::fs::metadata(path).ok().and_then(|m| u32::try_from(m.ino()).ok())
 }
 
 /// Scans everything: processes, mounts, CNI cache.
@@ -97,21 +92,14 @@ pub fn scan(sources: &Sources) -> HashMap<u32, Owner> {
 pub fn process(sources: &Sources, pid: i32) -> Option<(u32, ProcessInfo, String)> {
     let dir = sources.proc_root.join(pid.to_string());
     let inum = netns_inode(&dir.join("ns/net"))?;
-    let stat = procfs::process::Process::new_with_root(dir.clone())
-        .ok()?
-        .stat()
-        .ok()?;
+    let stat = procfs::process::Process::new_with_root(dir.clone()).ok()?.stat().ok()?;
     if stat.flags & PF_KTHREAD != 0 {
         return None; // kernel threads live in init_net but belong to no one
     }
     let comm = std::fs::read(dir.join("comm")).ok()?;
     let comm = labels::from_bytes(comm.strip_suffix(b"\n").unwrap_or(&comm));
     let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-    let info = ProcessInfo {
-        pid,
-        comm,
-        start_ticks: stat.starttime,
-    };
+    let info = ProcessInfo { pid, comm, start_ticks: stat.starttime };
     Some((inum, info, container_id(&cgroup).unwrap_or_default()))
 }
 
@@ -151,8 +139,7 @@ fn scan_processes(sources: &Sources, owners: &mut HashMap<u32, Owner>) {
 pub fn nsfs_mounts(sources: &Sources) -> Vec<(u32, String)> {
     let mut found = BTreeSet::new();
     for pid in ["1", "self"] {
-        let Ok(text) = std::fs::read_to_string(sources.proc_root.join(pid).join("mountinfo"))
-        else {
+        let Ok(text) = std::fs::read_to_string(sources.proc_root.join(pid).join("mountinfo")) else {
             continue;
         };
         found.extend(parse_nsfs_mounts(&text));
@@ -171,12 +158,7 @@ pub fn parse_nsfs_mounts(mountinfo: &str) -> Vec<(u32, String)> {
             if fields.get(separator + 1) != Some(&"nsfs") {
                 return None;
             }
-            let inum = fields
-                .get(3)?
-                .strip_prefix("net:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
+            let inum = fields.get(3)?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?;
             let mount_point = unescape_mountinfo(fields.get(4)?);
             let name = ["/run/netns/", "/var/run/netns/"]
                 .iter()
@@ -222,9 +204,7 @@ pub fn container_id(cgroup: &str) -> Option<String> {
         })
         .collect();
     lines.sort_by_key(|(v1, _)| *v1);
-    lines
-        .iter()
-        .find_map(|(_, path)| path.rsplit('/').find_map(id_in_component))
+    lines.iter().find_map(|(_, path)| path.rsplit('/').find_map(id_in_component))
 }
 
 /// A 64-hex container id in one cgroup path component: `ID`, `docker-ID.scope`,
@@ -258,12 +238,7 @@ pub fn cni_pods(sources: &Sources) -> Vec<CniPod> {
         .flatten()
         .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
         .filter_map(|text| parse_cni_result(&text))
-        .filter_map(|(netns_path, pod)| {
-            Some(CniPod {
-                inum: netns_inode(Path::new(&netns_path))?,
-                ..pod
-            })
-        })
+        .filter_map(|(netns_path, pod)| Some(CniPod { inum: netns_inode(Path::new(&netns_path))?, ..pod }))
         .collect()
 }
 
@@ -284,11 +259,7 @@ pub fn parse_cni_result(text: &str) -> Option<(String, CniPod)> {
         inum: 0,
         name: arg("K8S_POD_NAME")?,
         namespace: arg("K8S_POD_NAMESPACE").unwrap_or_default(),
-        container_id: value
-            .get("containerId")
-            .and_then(|c| c.as_str())
-            .unwrap_or_default()
-            .to_owned(),
+        container_id: value.get("containerId").and_then(|c| c.as_str()).unwrap_or_default().to_owned(),
     };
     Some((netns, pod))
 }
@@ -304,10 +275,7 @@ mod tests {
         let cases = [
             // Docker, cgroup v2 (systemd driver) and v1 (cgroupfs driver)
             (format!("0::/system.slice/docker-{ID}.scope\n"), Some(ID)),
-            (
-                format!("12:memory:/docker/{ID}\n11:cpu,cpuacct:/docker/{ID}\n"),
-                Some(ID),
-            ),
+            (format!("12:memory:/docker/{ID}\n11:cpu,cpuacct:/docker/{ID}\n"), Some(ID)),
             // containerd CRI: systemd driver (v2), cgroupfs driver (v1)
             (
                 format!(
@@ -315,43 +283,24 @@ mod tests {
                 ),
                 Some(ID),
             ),
-            (
-                format!(
-                    "4:pids:/kubepods/besteffort/pod1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901/{ID}\n"
-                ),
-                Some(ID),
-            ),
+            (format!("4:pids:/kubepods/besteffort/pod1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901/{ID}\n"), Some(ID)),
             // plain containerd (namespace/id)
             (format!("0::/default/{ID}\n"), Some(ID)),
             // CRI-O, and its monitor which is not the container
-            (
-                format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope\n"),
-                Some(ID),
-            ),
+            (format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope\n"), Some(ID)),
             (format!("0::/machine.slice/crio-conmon-{ID}.scope\n"), None),
             // Podman, rootful (machine.slice) and rootless (user slice), with a sub-cgroup
+            (format!("0::/machine.slice/libpod-{ID}.scope/container\n"), Some(ID)),
             (
-                format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
-                Some(ID),
-            ),
-            (
-                format!(
-                    "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n"
-                ),
+                format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n"),
                 Some(ID),
             ),
             // plain systemd services and sessions: no container
             ("0::/system.slice/sshd.service\n".to_owned(), None),
-            (
-                "0::/user.slice/user-0.slice/session-3.scope\n".to_owned(),
-                None,
-            ),
+            ("0::/user.slice/user-0.slice/session-3.scope\n".to_owned(), None),
             ("0::/\n".to_owned(), None),
             // hybrid: v1 lines and a v2 line; the v2 line wins
-            (
-                format!("12:memory:/other\n0::/system.slice/docker-{ID}.scope\n"),
-                Some(ID),
-            ),
+            (format!("12:memory:/other\n0::/system.slice/docker-{ID}.scope\n"), Some(ID)),
         ];
         for (cgroup, want) in cases {
             assert_eq!(container_id(&cgroup).as_deref(), want, "{cgroup}");
@@ -385,11 +334,7 @@ mod tests {
         let (netns, pod) = parse_cni_result(text).unwrap();
         assert_eq!(netns, "/var/run/netns/cni-1234");
         assert_eq!(
-            (
-                pod.name.as_str(),
-                pod.namespace.as_str(),
-                pod.container_id.as_str()
-            ),
+            (pod.name.as_str(), pod.namespace.as_str(), pod.container_id.as_str()),
             ("cart-7d9f", "shop", "abc123")
         );
         assert!(parse_cni_result("{}").is_none());

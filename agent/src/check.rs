@@ -13,14 +13,8 @@ use crate::{
 };
 
 pub fn run(settings: &Settings) -> anyhow::Result<String> {
-    let Prepared {
-        release,
-        layout,
-        fields,
-        btf,
-        mut ebpf,
-    } = agent::prepare(settings)?;
-    let kernel = KernelView::new(&btf, &layout, &fields);
+    let Prepared { release, layout, fields, btf, mut ebpf, kallsyms } = agent::prepare(settings)?;
+    let kernel = KernelView::new(&btf, &layout, &fields, kallsyms);
     let outcomes = attach::attach_all(&mut ebpf, &kernel, Policy::Auto, true);
 
     let mut out = String::new();
@@ -36,16 +30,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
     let _ = writeln!(
         out,
         "kprobes       {}",
-        kernel
-            .no_kprobes
-            .as_deref()
-            .map_or("available".to_owned(), |why| format!("unavailable: {why}"))
+        kernel.no_kprobes.as_deref().map_or("available".to_owned(), |why| format!("unavailable: {why}"))
     );
-    let _ = writeln!(
-        out,
-        "fentry/fexit  {}",
-        mode_summary(&outcomes, Mode::Fentry)
-    );
+    let _ = writeln!(out, "fentry/fexit  {}", mode_summary(&outcomes, Mode::Fentry));
     let _ = writeln!(
         out,
         "tracepoints   {}",
@@ -61,24 +48,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
         Ok(walk) => format!(
             "available: {} namespaces alive now{}",
             walk.status.count,
-            if walk.status.complete == 1 {
-                ""
-            } else {
-                " (walk incomplete)"
-            }
+            if walk.status.complete == 1 { "" } else { " (walk incomplete)" }
         ),
-        Err(err) => format!(
-            "unavailable ({err}): netns_alive will count only namespaces created after start"
-        ),
+        Err(err) => {
+            format!("unavailable ({err}): netns_alive will count only namespaces created after start")
+        }
     };
     let _ = writeln!(out, "inventory     {inventory}");
     let _ = writeln!(out);
 
     for outcome in &outcomes {
         let policy = match settings.attach {
-            Policy::Auto => outcome
-                .attached
-                .map_or("none: no mode works here".to_owned(), |m| m.to_string()),
+            Policy::Auto => outcome.attached.map_or("none: no mode works here".to_owned(), |m| m.to_string()),
             Policy::Force(mode) => match outcome.attempts.iter().find(|(m, _)| *m == mode) {
                 Some((_, Ok(()))) => format!("{mode} (forced)"),
                 _ => format!("none ({mode} forced and unavailable)"),
@@ -101,25 +82,13 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
 }
 
 fn missing_fields(fields: &[crate::kernel_layout::ResolvedField]) -> String {
-    let missing: Vec<&str> = fields
-        .iter()
-        .filter(|f| f.found.is_none())
-        .map(|f| f.name)
-        .collect();
-    if missing.is_empty() {
-        String::new()
-    } else {
-        format!(" (missing: {})", missing.join(", "))
-    }
+    let missing: Vec<&str> = fields.iter().filter(|f| f.found.is_none()).map(|f| f.name).collect();
+    if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) }
 }
 
 fn mode_summary(outcomes: &[attach::ProbeOutcome], mode: Mode) -> String {
-    let results: Vec<&Result<(), String>> = outcomes
-        .iter()
-        .flat_map(|o| o.attempts.iter())
-        .filter(|(m, _)| *m == mode)
-        .map(|(_, r)| r)
-        .collect();
+    let results: Vec<&Result<(), String>> =
+        outcomes.iter().flat_map(|o| o.attempts.iter()).filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
     match results.iter().find_map(|r| r.as_ref().err()) {
         None if !results.is_empty() => "available".to_owned(),
         None => "not tried".to_owned(),

@@ -23,20 +23,11 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error("config file {path} line {line} column {column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("bad listen address {value:?}: expected HOST:PORT, for example {DEFAULT_LISTEN}")]
     Listen { value: String },
     #[error("bad setting {name} = {value}: {expected}")]
-    Invalid {
-        name: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    Invalid { name: &'static str, value: String, expected: &'static str },
 }
 
 /// `--attach` values.
@@ -130,10 +121,8 @@ pub struct Settings {
 
 impl FileConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-            path: path.to_owned(),
-            reason: err.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::Read { path: path.to_owned(), reason: err.to_string() })?;
         Self::parse(path, &text)
     }
 
@@ -155,13 +144,8 @@ impl FileConfig {
 
 impl Settings {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
-        let listen_text = flags
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_text.parse().map_err(|_| ConfigError::Listen {
-            value: listen_text.clone(),
-        })?;
+        let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| ConfigError::Listen { value: listen_text.clone() })?;
         let limits = file.limits;
         if limits.kernel_namespaces < 64 {
             return Err(ConfigError::Invalid {
@@ -179,23 +163,12 @@ impl Settings {
             });
         }
         let seconds = |name: &'static str, value: Option<u64>, default: u64| match value {
-            Some(0) => Err(ConfigError::Invalid {
-                name,
-                value: "0".into(),
-                expected: "at least 1",
-            }),
+            Some(0) => Err(ConfigError::Invalid { name, value: "0".into(), expected: "at least 1" }),
             other => Ok(Duration::from_secs(other.unwrap_or(default))),
         };
-        let inventory_interval = seconds(
-            "inventory_interval_seconds",
-            file.inventory_interval_seconds,
-            60,
-        )?;
-        let attribution_interval = seconds(
-            "attribution_interval_seconds",
-            file.attribution_interval_seconds,
-            15,
-        )?;
+        let inventory_interval = seconds("inventory_interval_seconds", file.inventory_interval_seconds, 60)?;
+        let attribution_interval =
+            seconds("attribution_interval_seconds", file.attribution_interval_seconds, 15)?;
         if limits.tracked_namespaces == 0 {
             return Err(ConfigError::Invalid {
                 name: "limits.tracked_namespaces",
@@ -206,20 +179,14 @@ impl Settings {
         let defaults = crate::attribution::Sources::default();
         Ok(Self {
             listen,
-            attach: flags
-                .attach
-                .or(file.attach)
-                .unwrap_or(AttachArg::Auto)
-                .policy(),
+            attach: flags.attach.or(file.attach).unwrap_or(AttachArg::Auto).policy(),
             btf: flags
                 .btf
                 .or(file.btf)
                 .unwrap_or_else(|| PathBuf::from(crate::kernel_layout::KernelLayout::DEFAULT_PATH)),
             limits,
             inventory_interval,
-            series_grace: Duration::from_secs(
-                file.series_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS),
-            ),
+            series_grace: Duration::from_secs(file.series_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS)),
             attribution_interval,
             sources: crate::attribution::Sources {
                 proc_root: file.proc_root.unwrap_or(defaults.proc_root),
@@ -248,10 +215,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file = parse("listen = \"127.0.0.1:1\"\nattach = \"kprobe\"\n").unwrap();
-        let flags = Overrides {
-            listen: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        };
+        let flags = Overrides { listen: Some("127.0.0.1:2".into()), ..Default::default() };
         let s = Settings::resolve(file, flags).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:2");
         assert_eq!(s.attach, Policy::Force(Mode::Kprobe));
@@ -259,13 +223,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_one_line_errors_with_a_position() {
-        let err = parse("listen = \"127.0.0.1:1\"\nlisen = 3\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("config file agent.toml line 2 column 1: unknown field `lisen`"),
-            "{err}"
-        );
+        let err = parse("listen = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err().to_string();
+        assert!(err.starts_with("config file agent.toml line 2 column 1: unknown field `lisen`"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
 
@@ -273,21 +232,13 @@ mod tests {
     fn bad_values_name_what_is_expected() {
         let err = Settings::resolve(
             FileConfig::default(),
-            Overrides {
-                listen: Some("localhost".into()),
-                ..Default::default()
-            },
+            Overrides { listen: Some("localhost".into()), ..Default::default() },
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(
-            err,
-            "bad listen address \"localhost\": expected HOST:PORT, for example 0.0.0.0:19110"
-        );
+        assert_eq!(err, "bad listen address \"localhost\": expected HOST:PORT, for example 0.0.0.0:19110");
         let file = parse("[limits]\nevent_buffer_bytes = 5000\n").unwrap();
-        let err = Settings::resolve(file, Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Settings::resolve(file, Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("a power of two"), "{err}");
         let err = parse("attach = \"magic\"\n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");

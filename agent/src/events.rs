@@ -43,10 +43,7 @@ pub struct EventMaps {
 
 impl EventMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
-        Ok(Self {
-            ring: take(ebpf, "EVENTS")?,
-            lost: take(ebpf, "EVENTS_LOST")?,
-        })
+        Ok(Self { ring: take(ebpf, "EVENTS")?, lost: take(ebpf, "EVENTS_LOST")? })
     }
 }
 
@@ -74,8 +71,7 @@ mod tests {
 
     fn bytes<T>(value: &T) -> Vec<u8> {
         // SAFETY: viewing plain data as bytes.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
     #[test]
@@ -87,10 +83,6 @@ mod tests {
         moved.ifindex = 3;
         assert_eq!(decode(&bytes(&moved)), Some(Event::Move(moved)));
         assert_eq!(decode(&bytes(&99u32)), None);
-        assert_eq!(
-            decode(&bytes(&created)[..20]),
-            None,
-            "short records are refused"
-        );
+        assert_eq!(decode(&bytes(&created)[..20]), None, "short records are refused");
     }
 }

@@ -1,7 +1,7 @@
 //! Facts about the running kernel and the agent's privileges that decide what can attach.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     io::{BufRead as _, BufReader},
     path::Path,
@@ -46,9 +46,7 @@ pub fn parse_version(release: &str) -> Option<(u32, u32)> {
 /// of the doubt (the loader will say what is missing).
 pub fn check_kernel_version(release: &str) -> Result<(), HostError> {
     match parse_version(release) {
-        Some(version) if version < MIN_KERNEL => Err(HostError::KernelTooOld {
-            release: release.to_owned(),
-        }),
+        Some(version) if version < MIN_KERNEL => Err(HostError::KernelTooOld { release: release.to_owned() }),
         _ => Ok(()),
     }
 }
@@ -91,13 +89,7 @@ pub fn ensure_tracefs() -> Result<&'static str, String> {
     let target = c"/sys/kernel/tracing";
     // SAFETY: constant NUL-terminated strings; mount(2) does not keep the pointers.
     let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
+        libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if rc == 0 && Path::new(TRACEFS).join("events").is_dir() {
         log::info!("mounted tracefs at {TRACEFS}");
@@ -112,20 +104,13 @@ pub fn ensure_tracefs() -> Result<&'static str, String> {
 
 /// True if a classic tracepoint exists.
 pub fn has_tracepoint(tracefs: &str, category: &str, name: &str) -> bool {
-    Path::new(tracefs)
-        .join("events")
-        .join(category)
-        .join(name)
-        .is_dir()
+    Path::new(tracefs).join("events").join(category).join(name).is_dir()
 }
 
 /// Why kprobes cannot work here, or `None` if the kernel has them.
 pub fn kprobe_support() -> Option<String> {
     let pmu = Path::new("/sys/bus/event_source/devices/kprobe");
-    let legacy = [
-        "/sys/kernel/tracing/kprobe_events",
-        "/sys/kernel/debug/tracing/kprobe_events",
-    ];
+    let legacy = ["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"];
     if pmu.exists() || legacy.iter().any(|p| Path::new(p).exists()) {
         None
     } else {
@@ -137,10 +122,10 @@ pub fn kprobe_support() -> Option<String> {
     }
 }
 
-/// Which of `wanted` are functions in `/proc/kallsyms` (kprobe targets).
-pub fn kallsyms_functions(wanted: &[&str]) -> HashSet<String> {
+/// Which of `wanted` are functions in `/proc/kallsyms` (kprobe targets), with addresses.
+pub fn kallsyms_functions(wanted: &[&str]) -> HashMap<String, u64> {
     let Ok(file) = fs::File::open("/proc/kallsyms") else {
-        return HashSet::new();
+        return HashMap::new();
     };
     let wanted: HashSet<&str> = wanted.iter().copied().collect();
     BufReader::new(file)
@@ -148,8 +133,9 @@ pub fn kallsyms_functions(wanted: &[&str]) -> HashSet<String> {
         .map_while(Result::ok)
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            let (_addr, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
-            (matches!(kind, "T" | "t") && wanted.contains(name)).then(|| name.to_owned())
+            let (addr, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+            let addr = u64::from_str_radix(addr, 16).ok()?;
+            (matches!(kind, "T" | "t") && wanted.contains(name)).then(|| (name.to_owned(), addr))
         })
         .collect()
 }
@@ -169,9 +155,7 @@ mod tests {
 
     #[test]
     fn old_kernels_are_refused_with_the_minimum_named() {
-        let err = check_kernel_version("5.4.0-150-generic")
-            .unwrap_err()
-            .to_string();
+        let err = check_kernel_version("5.4.0-150-generic").unwrap_err().to_string();
         assert!(err.contains("5.4.0-150-generic is too old"), "{err}");
         assert!(err.contains("5.8 or newer"), "{err}");
         assert!(check_kernel_version("5.8.0").is_ok());

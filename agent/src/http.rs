@@ -19,7 +19,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr).await.map_err(|err| {
         let reason = match err.kind() {
             std::io::ErrorKind::AddrInUse => {
-                "address already in use (another netns-agent or exporter?); pick another with --listen".to_owned()
+                "address already in use (another netns-agent or exporter?); pick another with --listen"
+                    .to_owned()
             }
             std::io::ErrorKind::AddrNotAvailable => {
                 "no such address on this host; use one of its addresses or 0.0.0.0".to_owned()
@@ -32,18 +33,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/", get(index))
-        .with_state(state)
+    Router::new().route("/metrics", get(metrics)).route("/", get(index)).with_state(state)
 }
 
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<Arc<AgentState>>,
-) -> impl IntoResponse {
-    let body = tokio::task::spawn_blocking(move || state.render())
-        .await
-        .unwrap_or_default();
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AgentState>>) -> impl IntoResponse {
+    let body = tokio::task::spawn_blocking(move || state.render()).await.unwrap_or_default();
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
 }
 

@@ -23,10 +23,7 @@ pub enum InventoryError {
     #[error("inventory program {0} missing or not a raw tracepoint")]
     Program(&'static str),
     #[error("inventory program {program} could not load: {reason}")]
-    Load {
-        program: &'static str,
-        reason: String,
-    },
+    Load { program: &'static str, reason: String },
     #[error("inventory run failed: {0}")]
     Run(String),
     #[error("inventory map {0}: {1}")]
@@ -48,18 +45,14 @@ pub struct Inventory {
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a RawTracePoint, InventoryError> {
-    ebpf.program(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(InventoryError::Program(name))
+    ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or(InventoryError::Program(name))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InventoryError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| InventoryError::Map(name, "missing".into()))?;
+    let map = ebpf.take_map(name).ok_or_else(|| InventoryError::Map(name, "missing".into()))?;
     T::try_from(map).map_err(|err| InventoryError::Map(name, err.to_string()))
 }
 
@@ -73,10 +66,7 @@ impl Inventory {
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(InventoryError::Program(name))?;
-            p.load().map_err(|err| InventoryError::Load {
-                program: name,
-                reason: describe(&err),
-            })?;
+            p.load().map_err(|err| InventoryError::Load { program: name, reason: describe(&err) })?;
         }
         Ok(Self {
             entries: take_map(ebpf, "INVENTORY")?,
@@ -91,17 +81,11 @@ impl Inventory {
             .test_run(RawTracePointRunOptions::new())
             .map_err(|err| InventoryError::Run(error_chain(&err)))?;
         if result.return_value != 0 {
-            return Err(InventoryError::Run(
-                "reading a namespace failed mid-walk".into(),
-            ));
+            return Err(InventoryError::Run("reading a namespace failed mid-walk".into()));
         }
-        let status = self
-            .status
-            .get(&0, 0)
-            .map_err(|err| InventoryError::Map("INVENTORY_STATUS", err.to_string()))?;
-        let entries = (0..status.count)
-            .filter_map(|i| self.entries.get(&i, 0).ok())
-            .collect();
+        let status =
+            self.status.get(&0, 0).map_err(|err| InventoryError::Map("INVENTORY_STATUS", err.to_string()))?;
+        let entries = (0..status.count).filter_map(|i| self.entries.get(&i, 0).ok()).collect();
         Ok(Walk { status, entries })
     }
 
@@ -122,9 +106,7 @@ impl Inventory {
         for cookie in &gone {
             let mut opts = RawTracePointRunOptions::new();
             opts.args[0] = *cookie;
-            forget
-                .test_run(opts)
-                .map_err(|err| InventoryError::Run(error_chain(&err)))?;
+            forget.test_run(opts).map_err(|err| InventoryError::Run(error_chain(&err)))?;
         }
         Ok(gone.len())
     }
@@ -135,9 +117,7 @@ impl Inventory {
 pub fn stale(live: &[(u64, NetnsRecord)], walk: &Walk) -> Vec<u64> {
     let found: HashSet<u64> = walk.entries.iter().map(|e| e.cookie).collect();
     live.iter()
-        .filter(|(cookie, record)| {
-            !found.contains(cookie) && record.seen_ns < walk.status.started_ns
-        })
+        .filter(|(cookie, record)| !found.contains(cookie) && record.seen_ns < walk.status.started_ns)
         .map(|(cookie, _)| *cookie)
         .collect()
 }
@@ -147,24 +127,13 @@ mod tests {
     use super::*;
 
     fn record(seen_ns: u64) -> NetnsRecord {
-        NetnsRecord {
-            inum: 1,
-            creator_pid: 0,
-            seen_ns,
-            prot_inuse: 0,
-            net: 0,
-        }
+        NetnsRecord { inum: 1, creator_pid: 0, seen_ns, prot_inuse: 0, net: 0 }
     }
 
     #[test]
     fn only_entries_older_than_the_walk_and_not_found_are_stale() {
         let walk = Walk {
-            status: InventoryStatus {
-                count: 1,
-                complete: 1,
-                started_ns: 100,
-                ..Default::default()
-            },
+            status: InventoryStatus { count: 1, complete: 1, started_ns: 100, ..Default::default() },
             entries: vec![InventoryEntry::new(1, 11)],
         };
         let live = vec![

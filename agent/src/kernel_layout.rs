@@ -29,63 +29,23 @@ struct FieldSpec {
 
 /// Every field the kernel programs read. The single place that knows where they moved.
 const FIELDS: &[FieldSpec] = &[
-    FieldSpec {
-        name: "task_nsproxy",
-        paths: &["task_struct.nsproxy"],
-        set: |o, v| o.task_nsproxy = v,
-    },
-    FieldSpec {
-        name: "task_tgid",
-        paths: &["task_struct.tgid"],
-        set: |o, v| o.task_tgid = v,
-    },
-    FieldSpec {
-        name: "task_files",
-        paths: &["task_struct.files"],
-        set: |o, v| o.task_files = v,
-    },
-    FieldSpec {
-        name: "nsproxy_net_ns",
-        paths: &["nsproxy.net_ns"],
-        set: |o, v| o.nsproxy_net_ns = v,
-    },
+    FieldSpec { name: "task_nsproxy", paths: &["task_struct.nsproxy"], set: |o, v| o.task_nsproxy = v },
+    FieldSpec { name: "task_tgid", paths: &["task_struct.tgid"], set: |o, v| o.task_tgid = v },
+    FieldSpec { name: "task_files", paths: &["task_struct.files"], set: |o, v| o.task_files = v },
+    FieldSpec { name: "nsproxy_net_ns", paths: &["nsproxy.net_ns"], set: |o, v| o.nsproxy_net_ns = v },
     // ns_common.inum: offset 16 up to 6.17, 24 from 6.18 (ns_type was added in front).
-    FieldSpec {
-        name: "net_inum",
-        paths: &["net.ns.inum"],
-        set: |o, v| o.net_inum = v,
-    },
+    FieldSpec { name: "net_inum", paths: &["net.ns.inum"], set: |o, v| o.net_inum = v },
     // The active count moved into ns_common as `count` (5.12-6.17), renamed `__ns_ref` in 6.18.
     FieldSpec {
         name: "net_refcount",
         paths: &["net.ns.__ns_ref", "net.ns.count", "net.count"],
         set: |o, v| o.net_refcount = v,
     },
-    FieldSpec {
-        name: "net_ns_ops",
-        paths: &["net.ns.ops"],
-        set: |o, v| o.net_ns_ops = v,
-    },
-    FieldSpec {
-        name: "net_cookie",
-        paths: &["net.net_cookie"],
-        set: |o, v| o.net_cookie = v,
-    },
-    FieldSpec {
-        name: "net_list",
-        paths: &["net.list"],
-        set: |o, v| o.net_list = v,
-    },
-    FieldSpec {
-        name: "net_prot_inuse",
-        paths: &["net.core.prot_inuse"],
-        set: |o, v| o.net_prot_inuse = v,
-    },
-    FieldSpec {
-        name: "net_fib_main",
-        paths: &["net.ipv4.fib_main"],
-        set: |o, v| o.net_fib_main = v,
-    },
+    FieldSpec { name: "net_ns_ops", paths: &["net.ns.ops"], set: |o, v| o.net_ns_ops = v },
+    FieldSpec { name: "net_cookie", paths: &["net.net_cookie"], set: |o, v| o.net_cookie = v },
+    FieldSpec { name: "net_list", paths: &["net.list"], set: |o, v| o.net_list = v },
+    FieldSpec { name: "net_prot_inuse", paths: &["net.core.prot_inuse"], set: |o, v| o.net_prot_inuse = v },
+    FieldSpec { name: "net_fib_main", paths: &["net.ipv4.fib_main"], set: |o, v| o.net_fib_main = v },
     FieldSpec {
         name: "net_fib_default",
         paths: &["net.ipv4.fib_default"],
@@ -106,106 +66,38 @@ const FIELDS: &[FieldSpec] = &[
         paths: &["net.dev_base_head"],
         set: |o, v| o.net_dev_base_head = v,
     },
-    FieldSpec {
-        name: "netdev_nd_net",
-        paths: &["net_device.nd_net.net"],
-        set: |o, v| o.netdev_nd_net = v,
-    },
-    FieldSpec {
-        name: "netdev_ifindex",
-        paths: &["net_device.ifindex"],
-        set: |o, v| o.netdev_ifindex = v,
-    },
-    FieldSpec {
-        name: "netdev_name",
-        paths: &["net_device.name"],
-        set: |o, v| o.netdev_name = v,
-    },
+    FieldSpec { name: "netdev_nd_net", paths: &["net_device.nd_net.net"], set: |o, v| o.netdev_nd_net = v },
+    FieldSpec { name: "netdev_ifindex", paths: &["net_device.ifindex"], set: |o, v| o.netdev_ifindex = v },
+    FieldSpec { name: "netdev_name", paths: &["net_device.name"], set: |o, v| o.netdev_name = v },
     FieldSpec {
         name: "netdev_index_hlist",
         paths: &["net_device.index_hlist"],
         set: |o, v| o.netdev_index_hlist = v,
     },
-    FieldSpec {
-        name: "netdev_dev_list",
-        paths: &["net_device.dev_list"],
-        set: |o, v| o.netdev_dev_list = v,
-    },
-    FieldSpec {
-        name: "skb_dev",
-        paths: &["sk_buff.dev"],
-        set: |o, v| o.skb_dev = v,
-    },
-    FieldSpec {
-        name: "flowi4_iif",
-        paths: &["flowi4.__fl_common.flowic_iif"],
-        set: |o, v| o.flowi4_iif = v,
-    },
-    FieldSpec {
-        name: "fib_table_id",
-        paths: &["fib_table.tb_id"],
-        set: |o, v| o.fib_table_id = v,
-    },
-    FieldSpec {
-        name: "fib_result_nhc",
-        paths: &["fib_result.nhc"],
-        set: |o, v| o.fib_result_nhc = v,
-    },
-    FieldSpec {
-        name: "nhc_dev",
-        paths: &["fib_nh_common.nhc_dev"],
-        set: |o, v| o.nhc_dev = v,
-    },
-    FieldSpec {
-        name: "fib6_table_id",
-        paths: &["fib6_table.tb6_id"],
-        set: |o, v| o.fib6_table_id = v,
-    },
-    FieldSpec {
-        name: "fib6_result_f6i",
-        paths: &["fib6_result.f6i"],
-        set: |o, v| o.fib6_result_f6i = v,
-    },
+    FieldSpec { name: "netdev_dev_list", paths: &["net_device.dev_list"], set: |o, v| o.netdev_dev_list = v },
+    FieldSpec { name: "skb_dev", paths: &["sk_buff.dev"], set: |o, v| o.skb_dev = v },
+    FieldSpec { name: "flowi4_iif", paths: &["flowi4.__fl_common.flowic_iif"], set: |o, v| o.flowi4_iif = v },
+    FieldSpec { name: "fib_table_id", paths: &["fib_table.tb_id"], set: |o, v| o.fib_table_id = v },
+    FieldSpec { name: "fib_result_nhc", paths: &["fib_result.nhc"], set: |o, v| o.fib_result_nhc = v },
+    FieldSpec { name: "nhc_dev", paths: &["fib_nh_common.nhc_dev"], set: |o, v| o.nhc_dev = v },
+    FieldSpec { name: "fib6_table_id", paths: &["fib6_table.tb6_id"], set: |o, v| o.fib6_table_id = v },
+    FieldSpec { name: "fib6_result_f6i", paths: &["fib6_result.f6i"], set: |o, v| o.fib6_result_f6i = v },
     FieldSpec {
         name: "fib6_result_type",
         paths: &["fib6_result.fib6_type"],
         set: |o, v| o.fib6_result_type = v,
     },
-    FieldSpec {
-        name: "files_fdt",
-        paths: &["files_struct.fdt"],
-        set: |o, v| o.files_fdt = v,
-    },
-    FieldSpec {
-        name: "fdtable_fd",
-        paths: &["fdtable.fd"],
-        set: |o, v| o.fdtable_fd = v,
-    },
+    FieldSpec { name: "files_fdt", paths: &["files_struct.fdt"], set: |o, v| o.files_fdt = v },
+    FieldSpec { name: "fdtable_fd", paths: &["fdtable.fd"], set: |o, v| o.fdtable_fd = v },
     FieldSpec {
         name: "file_private_data",
         paths: &["file.private_data"],
         set: |o, v| o.file_private_data = v,
     },
-    FieldSpec {
-        name: "socket_sk",
-        paths: &["socket.sk"],
-        set: |o, v| o.socket_sk = v,
-    },
-    FieldSpec {
-        name: "sock_net",
-        paths: &["sock.__sk_common.skc_net.net"],
-        set: |o, v| o.sock_net = v,
-    },
-    FieldSpec {
-        name: "sock_family",
-        paths: &["sock.__sk_common.skc_family"],
-        set: |o, v| o.sock_family = v,
-    },
-    FieldSpec {
-        name: "sock_protocol",
-        paths: &["sock.sk_protocol"],
-        set: |o, v| o.sock_protocol = v,
-    },
+    FieldSpec { name: "socket_sk", paths: &["socket.sk"], set: |o, v| o.socket_sk = v },
+    FieldSpec { name: "sock_net", paths: &["sock.__sk_common.skc_net.net"], set: |o, v| o.sock_net = v },
+    FieldSpec { name: "sock_family", paths: &["sock.__sk_common.skc_family"], set: |o, v| o.sock_family = v },
+    FieldSpec { name: "sock_protocol", paths: &["sock.sk_protocol"], set: |o, v| o.sock_protocol = v },
 ];
 
 /// Names of every field the programs may read.
@@ -233,30 +125,19 @@ impl KernelLayout {
 
     pub fn open(path: &Path) -> Result<Self, LayoutError> {
         if !path.exists() {
-            return Err(LayoutError::Missing {
-                path: path.to_owned(),
-            });
+            return Err(LayoutError::Missing { path: path.to_owned() });
         }
-        let unreadable = |reason: String| LayoutError::Unreadable {
-            path: path.to_owned(),
-            reason,
-        };
+        let unreadable = |reason: String| LayoutError::Unreadable { path: path.to_owned(), reason };
         // One read: parsing straight from the file issues thousands of small reads, which
         // costs seconds under emulation.
         let bytes = std::fs::read(path).map_err(|err| unreadable(err.to_string()))?;
         let btf = Btf::from_bytes(&bytes).map_err(|err| unreadable(err.to_string()))?;
-        Ok(Self {
-            btf,
-            path: path.to_owned(),
-        })
+        Ok(Self { btf, path: path.to_owned() })
     }
 
     #[cfg(test)]
     fn from_bytes(bytes: &[u8]) -> Self {
-        Self {
-            btf: Btf::from_bytes(bytes).expect("valid BTF"),
-            path: PathBuf::from("<test>"),
-        }
+        Self { btf: Btf::from_bytes(bytes).expect("valid BTF"), path: PathBuf::from("<test>") }
     }
 
     pub fn path(&self) -> &Path {
@@ -269,15 +150,10 @@ impl KernelLayout {
         let fields = FIELDS
             .iter()
             .map(|spec| {
-                let found = spec
-                    .paths
-                    .iter()
-                    .find_map(|path| self.member_offset(path).map(|offset| (*path, offset)));
+                let found =
+                    spec.paths.iter().find_map(|path| self.member_offset(path).map(|offset| (*path, offset)));
                 (spec.set)(&mut offsets, found.map_or(UNKNOWN, |(_, offset)| offset));
-                ResolvedField {
-                    name: spec.name,
-                    found,
-                }
+                ResolvedField { name: spec.name, found }
             })
             .collect();
         (offsets, fields)
@@ -308,14 +184,10 @@ impl KernelLayout {
     }
 
     fn struct_named(&self, name: &str) -> Option<btf_rs::Struct> {
-        self.btf
-            .resolve_types_by_name(name)
-            .ok()?
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
+        self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
     }
 
     /// Follows typedefs and qualifiers down to a struct or union.
@@ -376,11 +248,7 @@ pub(crate) mod test_btf {
 
     impl BtfBuilder {
         pub fn new() -> Self {
-            Self {
-                types: Vec::new(),
-                strings: vec![0],
-                next_id: 1,
-            }
+            Self { types: Vec::new(), strings: vec![0], next_id: 1 }
         }
 
         fn string(&mut self, s: &str) -> u32 {
@@ -391,11 +259,7 @@ pub(crate) mod test_btf {
         }
 
         fn header(&mut self, name: &str, kind: u32, vlen: u32, size_or_type: u32) -> u32 {
-            let name_off = if name.is_empty() {
-                0
-            } else {
-                self.string(name)
-            };
+            let name_off = if name.is_empty() { 0 } else { self.string(name) };
             for word in [name_off, (kind << 24) | vlen, size_or_type] {
                 self.types.extend_from_slice(&word.to_le_bytes());
             }
@@ -415,13 +279,7 @@ pub(crate) mod test_btf {
         }
 
         /// A struct (kind 4) or union (kind 5) with (name, type, byte offset) members.
-        pub fn composite(
-            &mut self,
-            union: bool,
-            name: &str,
-            size: u32,
-            members: &[Member<'_>],
-        ) -> u32 {
+        pub fn composite(&mut self, union: bool, name: &str, size: u32, members: &[Member<'_>]) -> u32 {
             let resolved: Vec<(u32, u32, u32)> = members
                 .iter()
                 .map(|m| match m {
@@ -497,12 +355,7 @@ mod tests {
                 ],
             )
         };
-        let list = b.composite(
-            false,
-            "list_head",
-            16,
-            &[Named("next", ptr, 0), Named("prev", ptr, 8)],
-        );
+        let list = b.composite(false, "list_head", 16, &[Named("next", ptr, 0), Named("prev", ptr, 8)]);
         let core = b.composite(false, "netns_core", 32, &[Named("prot_inuse", ptr, 24)]);
         let anon = b.composite(true, "", 8, &[Named("net_cookie", u64_t, 0)]);
         b.composite(
@@ -521,11 +374,7 @@ mod tests {
             false,
             "net_device",
             1024,
-            &[
-                Named("ifindex", u32_t, 224),
-                Named("nd_net", possible, 264),
-                Named("name", u64_t, 280),
-            ],
+            &[Named("ifindex", u32_t, 224), Named("nd_net", possible, 264), Named("name", u64_t, 280)],
         );
         b.func("copy_net_ns");
         KernelLayout::from_bytes(&b.build())
@@ -580,9 +429,7 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_fix() {
-        let err = KernelLayout::open(Path::new("/nonexistent/vmlinux"))
-            .err()
-            .unwrap();
+        let err = KernelLayout::open(Path::new("/nonexistent/vmlinux")).err().unwrap();
         let text = err.to_string();
         assert!(text.contains("BTF missing"), "{text}");
         assert!(text.contains("CONFIG_DEBUG_INFO_BTF"), "{text}");
@@ -592,17 +439,9 @@ mod tests {
     fn host_btf_resolves_every_field() {
         // The agent needs kernel BTF; every machine this suite runs on has it.
         let path = Path::new(KernelLayout::DEFAULT_PATH);
-        assert!(
-            path.exists(),
-            "{} missing: the agent cannot run here",
-            path.display()
-        );
+        assert!(path.exists(), "{} missing: the agent cannot run here", path.display());
         let (_, fields) = KernelLayout::open(path).unwrap().resolve();
-        let missing: Vec<_> = fields
-            .iter()
-            .filter(|f| f.found.is_none())
-            .map(|f| f.name)
-            .collect();
+        let missing: Vec<_> = fields.iter().filter(|f| f.found.is_none()).map(|f| f.name).collect();
         assert!(missing.is_empty(), "unresolved on this kernel: {missing:?}");
     }
 }

@@ -29,20 +29,10 @@ pub mod routes;
 use config::{FileConfig, Overrides, Settings};
 
 /// Settings for a command from its config file and flags.
-pub fn settings(
-    common: &cli::CommonArgs,
-    listen: Option<String>,
-) -> Result<Settings, config::ConfigError> {
+pub fn settings(common: &cli::CommonArgs, listen: Option<String>) -> Result<Settings, config::ConfigError> {
     let file = match &common.config {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
     };
-    Settings::resolve(
-        file,
-        Overrides {
-            listen,
-            attach: common.attach,
-            btf: common.btf.clone(),
-        },
-    )
+    Settings::resolve(file, Overrides { listen, attach: common.attach, btf: common.btf.clone() })
 }

@@ -52,15 +52,10 @@ impl LifecycleMaps {
         }
 
         let bounds: Vec<f64> = SETUP_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).collect();
-        let counts: Vec<u64> = (0..SETUP_HISTOGRAM_SLOTS)
-            .map(|slot| self.histogram.get(&slot, 0).unwrap_or(0))
-            .collect();
+        let counts: Vec<u64> =
+            (0..SETUP_HISTOGRAM_SLOTS).map(|slot| self.histogram.get(&slot, 0).unwrap_or(0)).collect();
         let mut duration = metrics::Family::new(&metrics::SETUP_DURATION);
-        duration.histogram(
-            &bounds,
-            &counts,
-            self.counter(counter::SETUP_SUM_NS) as f64 / 1e9,
-        );
+        duration.histogram(&bounds, &counts, self.counter(counter::SETUP_SUM_NS) as f64 / 1e9);
 
         let single = |def: &'static metrics::MetricDef, value: f64| {
             let mut f = metrics::Family::new(def);
@@ -70,23 +65,14 @@ impl LifecycleMaps {
         out.extend(
             [
                 created.finish(),
-                single(
-                    &metrics::SETUP_FAILURES,
-                    self.counter(counter::SETUP_FAILURES) as f64,
-                ),
+                single(&metrics::SETUP_FAILURES, self.counter(counter::SETUP_FAILURES) as f64),
                 duration.finish(),
                 single(&metrics::DESTROYED, self.counter(counter::DESTROYED) as f64),
                 // Two's complement in the kernel: seeded by the walk, so never below zero
                 // once the inventory ran; clamp for kernels where it cannot.
-                single(
-                    &metrics::ALIVE,
-                    (self.counter(counter::ALIVE) as i64).max(0) as f64,
-                ),
+                single(&metrics::ALIVE, (self.counter(counter::ALIVE) as i64).max(0) as f64),
                 single(&metrics::LIVE_FULL, self.counter(counter::LIVE_FULL) as f64),
-                single(
-                    &metrics::RECONCILED,
-                    self.counter(counter::RECONCILED) as f64,
-                ),
+                single(&metrics::RECONCILED, self.counter(counter::RECONCILED) as f64),
             ]
             .into_iter()
             .flatten(),
@@ -106,10 +92,7 @@ pub fn describe(event: &LifecycleEvent) -> String {
         ),
         kind::NETNS_DESTROYED => format!("netns {} teardown began", event.inum),
         kind::NETNS_SETUP_FAILED => {
-            format!(
-                "netns creation by pid {} ({comm:?}) failed: errno {}",
-                event.pid, -event.error
-            )
+            format!("netns creation by pid {} ({comm:?}) failed: errno {}", event.pid, -event.error)
         }
         other => format!("unknown lifecycle event kind {other}"),
     }
@@ -126,9 +109,6 @@ mod tests {
         event.pid = 42;
         event.comm[..2].copy_from_slice(b"ip");
         event.duration_ns = 1_500_000;
-        assert_eq!(
-            describe(&event),
-            "netns 4026532000 created by pid 42 (\"ip\") in 1.500 ms"
-        );
+        assert_eq!(describe(&event), "netns 4026532000 created by pid 42 (\"ip\") in 1.500 ms");
     }
 }

@@ -13,10 +13,18 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 #[error("loading the eBPF object failed: {0}")]
 pub struct LoadError(String);
 
-pub fn load(offsets: &KernelOffsets, btf: &Btf, limits: &Limits) -> Result<Ebpf, LoadError> {
+/// `cleanup_net` is the function's address (0 when unknown), for the tracepoint that
+/// watches teardown batches.
+pub fn load(
+    offsets: &KernelOffsets,
+    cleanup_net: u64,
+    btf: &Btf,
+    limits: &Limits,
+) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
         .btf(Some(btf))
         .override_global("OFFSETS", offsets, true)
+        .override_global("CLEANUP_NET_ADDR", &cleanup_net, true)
         .map_max_entries("LIVE", limits.kernel_namespaces)
         .map_max_entries("TEARDOWN_MARKERS", limits.kernel_namespaces)
         .map_max_entries("TABLE_OWNER", limits.kernel_namespaces)

@@ -14,15 +14,15 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let result = match cli.command {
-        Command::Run(args) => netns_agent::settings(&args.common, args.listen)
-            .map_err(Into::into)
-            .and_then(|settings| {
+        Command::Run(args) => {
+            netns_agent::settings(&args.common, args.listen).map_err(Into::into).and_then(|settings| {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()?
                     .block_on(netns_agent::agent::run(settings))
-            }),
+            })
+        }
         Command::Check(args) => netns_agent::settings(&args, None)
             .map_err(Into::into)
             .and_then(|settings| netns_agent::check::run(&settings))
@@ -31,10 +31,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!(
-                "netns-agent: {}",
-                netns_agent::attach::error_chain(err.as_ref())
-            );
+            eprintln!("netns-agent: {}", netns_agent::attach::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -43,10 +40,7 @@ fn main() -> ExitCode {
 /// Help and version go to stdout as clap prints them; a usage error is one line.
 fn usage_error(err: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }

@@ -14,12 +14,6 @@ pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(MapError {
-        name,
-        reason: "missing from the object".into(),
-    })?;
-    T::try_from(map).map_err(|err| MapError {
-        name,
-        reason: err.to_string(),
-    })
+    let map = ebpf.take_map(name).ok_or(MapError { name, reason: "missing from the object".into() })?;
+    T::try_from(map).map_err(|err| MapError { name, reason: err.to_string() })
 }

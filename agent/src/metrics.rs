@@ -26,22 +26,13 @@ const fn def(
     labels: &'static [&'static str],
     help: &'static str,
 ) -> MetricDef {
-    MetricDef {
-        name,
-        help,
-        kind,
-        labels,
-    }
+    MetricDef { name, help, kind, labels }
 }
 
 use MetricType::{COUNTER, GAUGE, HISTOGRAM};
 
-pub const AGENT_INFO: MetricDef = def(
-    "netns_agent_info",
-    GAUGE,
-    &["version", "kernel"],
-    "netns-agent build and the kernel it runs on.",
-);
+pub const AGENT_INFO: MetricDef =
+    def("netns_agent_info", GAUGE, &["version", "kernel"], "netns-agent build and the kernel it runs on.");
 pub const PROBE_ATTACHED: MetricDef = def(
     "netns_agent_probe_attached",
     GAUGE,
@@ -72,12 +63,8 @@ pub const CREATED: MetricDef = def(
     &["comm"],
     "Network namespaces created, by the comm of the creating process.",
 );
-pub const SETUP_FAILURES: MetricDef = def(
-    "netns_setup_failures_total",
-    COUNTER,
-    &[],
-    "Network namespace creations that failed.",
-);
+pub const SETUP_FAILURES: MetricDef =
+    def("netns_setup_failures_total", COUNTER, &[], "Network namespace creations that failed.");
 pub const SETUP_DURATION: MetricDef = def(
     "netns_setup_duration_seconds",
     HISTOGRAM,
@@ -90,12 +77,8 @@ pub const DESTROYED: MetricDef = def(
     &[],
     "Network namespaces whose teardown began (each counted once).",
 );
-pub const ALIVE: MetricDef = def(
-    "netns_alive",
-    GAUGE,
-    &[],
-    "Network namespaces alive in the kernel (teardown not yet begun).",
-);
+pub const ALIVE: MetricDef =
+    def("netns_alive", GAUGE, &[], "Network namespaces alive in the kernel (teardown not yet begun).");
 
 pub const ROUTE_LOOKUPS: MetricDef = def(
     "netns_route_lookups_total",
@@ -125,23 +108,11 @@ pub const DEVICE_MOVE_FAILURES: MetricDef = def(
 pub const NETNS_INFO: MetricDef = def(
     "netns_info",
     GAUGE,
-    &[
-        "netns",
-        "name",
-        "comm",
-        "pid",
-        "container_id",
-        "pod",
-        "pod_namespace",
-    ],
+    &["netns", "name", "comm", "pid", "container_id", "pod", "pod_namespace"],
     "One series per namespace (value 1): its names, main process (the oldest in it), container and pod. Join on netns.",
 );
-pub const NETNS_PROCESSES: MetricDef = def(
-    "netns_processes",
-    GAUGE,
-    &["netns"],
-    "Processes (not threads) whose network namespace this is.",
-);
+pub const NETNS_PROCESSES: MetricDef =
+    def("netns_processes", GAUGE, &["netns"], "Processes (not threads) whose network namespace this is.");
 pub const NAMESPACES_DROPPED: MetricDef = def(
     "netns_agent_namespaces_dropped_total",
     COUNTER,
@@ -159,37 +130,20 @@ pub struct Family {
 
 impl Family {
     pub fn new(def: &'static MetricDef) -> Self {
-        Self {
-            def,
-            samples: BTreeMap::new(),
-            histogram: None,
-        }
+        Self { def, samples: BTreeMap::new(), histogram: None }
     }
 
     /// Adds a counter or gauge sample.
     pub fn add(&mut self, labels: &[&str], value: f64) -> &mut Self {
-        assert_eq!(
-            labels.len(),
-            self.def.labels.len(),
-            "{}: wrong label count",
-            self.def.name
-        );
-        *self
-            .samples
-            .entry(labels.iter().map(|s| (*s).to_owned()).collect())
-            .or_default() += value;
+        assert_eq!(labels.len(), self.def.labels.len(), "{}: wrong label count", self.def.name);
+        *self.samples.entry(labels.iter().map(|s| (*s).to_owned()).collect()).or_default() += value;
         self
     }
 
     /// Sets the (label-less) histogram from per-bucket counts (not cumulative) with upper
     /// bounds in seconds; the last count is the overflow bucket.
     pub fn histogram(&mut self, bounds: &[f64], counts: &[u64], sum: f64) -> &mut Self {
-        assert_eq!(
-            counts.len(),
-            bounds.len() + 1,
-            "{}: bucket count",
-            self.def.name
-        );
+        assert_eq!(counts.len(), bounds.len() + 1, "{}: bucket count", self.def.name);
         let mut h = proto::Histogram::default();
         let mut cumulative = 0u64;
         let mut buckets = Vec::with_capacity(bounds.len());
@@ -279,14 +233,8 @@ mod tests {
         f.add(&["ip"], 5.0).add(&["unshare"], 3.0);
         let out = text(vec![f.finish()]);
         assert!(out.contains("# TYPE netns_created_total counter"), "{out}");
-        assert!(
-            out.contains("netns_created_total{comm=\"ip\"} 5\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("netns_created_total{comm=\"unshare\"} 3\n"),
-            "{out}"
-        );
+        assert!(out.contains("netns_created_total{comm=\"ip\"} 5\n"), "{out}");
+        assert!(out.contains("netns_created_total{comm=\"unshare\"} 3\n"), "{out}");
     }
 
     #[test]
@@ -294,16 +242,8 @@ mod tests {
         let mut f = Family::new(&CREATED);
         f.add(&[&crate::labels::from_kernel(b"a\"b\\c\nd\xff")], 1.0);
         let out = text(vec![f.finish()]);
-        assert!(
-            out.contains(r#"netns_created_total{comm="a\"b\\c\nd\\xff"} 1"#),
-            "{out}"
-        );
-        assert_eq!(
-            out.lines()
-                .filter(|l| l.starts_with("netns_created_total"))
-                .count(),
-            1
-        );
+        assert!(out.contains(r#"netns_created_total{comm="a\"b\\c\nd\\xff"} 1"#), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("netns_created_total")).count(), 1);
     }
 
     #[test]
@@ -319,26 +259,11 @@ mod tests {
         let mut f = Family::new(&SETUP_DURATION);
         f.histogram(&[0.001, 0.01], &[2, 3, 1], 0.05);
         let out = text(vec![f.finish()]);
-        assert!(
-            out.contains("netns_setup_duration_seconds_bucket{le=\"0.001\"} 2\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("netns_setup_duration_seconds_bucket{le=\"0.01\"} 5\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("netns_setup_duration_seconds_bucket{le=\"+Inf\"} 6\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("netns_setup_duration_seconds_count 6\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("netns_setup_duration_seconds_sum 0.05\n"),
-            "{out}"
-        );
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"0.01\"} 5\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"+Inf\"} 6\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_count 6\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_sum 0.05\n"), "{out}");
     }
 
     #[test]

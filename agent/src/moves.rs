@@ -26,9 +26,7 @@ pub struct MoveMaps {
 
 impl MoveMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
-        Ok(Self {
-            moves: take(ebpf, "DEVICE_MOVES")?,
-        })
+        Ok(Self { moves: take(ebpf, "DEVICE_MOVES")? })
     }
 
     pub fn collect(&self, namespaces: &NamespaceTable, out: &mut Vec<MetricFamily>) {

@@ -74,10 +74,7 @@ impl NamespaceTable {
             self.by_cookie.remove(&previous);
             self.removed.push(previous);
         }
-        self.by_cookie.entry(cookie).or_insert(Namespace {
-            inum,
-            destroyed_at: None,
-        });
+        self.by_cookie.entry(cookie).or_insert(Namespace { inum, destroyed_at: None });
     }
 
     /// A namespace's teardown began.
@@ -85,10 +82,7 @@ impl NamespaceTable {
         if self.refused.remove(&cookie) {
             return;
         }
-        let entry = self.by_cookie.entry(cookie).or_insert(Namespace {
-            inum,
-            destroyed_at: None,
-        });
+        let entry = self.by_cookie.entry(cookie).or_insert(Namespace { inum, destroyed_at: None });
         entry.destroyed_at.get_or_insert(now);
         self.by_inum.entry(inum).or_insert(cookie);
     }
@@ -113,10 +107,7 @@ impl NamespaceTable {
         let expired: Vec<u64> = self
             .by_cookie
             .iter()
-            .filter(|(_, ns)| {
-                ns.destroyed_at
-                    .is_some_and(|t| now.duration_since(t) >= grace)
-            })
+            .filter(|(_, ns)| ns.destroyed_at.is_some_and(|t| now.duration_since(t) >= grace))
             .map(|(cookie, _)| *cookie)
             .collect();
         for cookie in expired {
@@ -169,10 +160,7 @@ mod tests {
     use super::*;
 
     fn record(inum: u32) -> NetnsRecord {
-        NetnsRecord {
-            inum,
-            ..Default::default()
-        }
+        NetnsRecord { inum, ..Default::default() }
     }
 
     #[test]
@@ -206,11 +194,7 @@ mod tests {
         t.destroyed(10, 500, t0);
         t.alive(11, 500);
         assert_eq!(t.label(11).as_deref(), Some("500"));
-        assert_eq!(
-            t.label(10),
-            None,
-            "two series must never share a netns label"
-        );
+        assert_eq!(t.label(10), None, "two series must never share a netns label");
         assert_eq!(t.take_removed(), vec![10]);
     }
 
@@ -221,10 +205,7 @@ mod tests {
         t.alive(2, 502);
         t.alive(3, 503);
         t.alive(3, 503);
-        t.sync(
-            &[(1, record(501)), (2, record(502)), (3, record(503))],
-            Instant::now(),
-        );
+        t.sync(&[(1, record(501)), (2, record(502)), (3, record(503))], Instant::now());
         assert_eq!(t.label(3).as_deref(), Some("overflow"));
         assert_eq!(t.dropped, 1);
         assert_eq!(t.len(), 2, "memory stays bounded by the cap");

@@ -5,9 +5,7 @@
 use std::fmt;
 
 /// How a probe hooks the kernel.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// BPF trampolines on function entry/exit (fentry/fexit): exact, cheap; needs BTF and a
@@ -103,6 +101,8 @@ pub struct Variant {
     pub fields: &'static [&'static str],
     /// What this mode measures, for `check` and the README.
     pub sees: &'static str,
+    /// Kernel symbols whose address the programs need (from /proc/kallsyms).
+    pub symbols: &'static [&'static str],
 }
 
 /// A logical probe.
@@ -114,13 +114,7 @@ pub struct ProbeSpec {
     pub variants: &'static [Variant],
 }
 
-const NET_FIELDS: &[&str] = &[
-    "net_inum",
-    "net_cookie",
-    "net_prot_inuse",
-    "task_nsproxy",
-    "nsproxy_net_ns",
-];
+const NET_FIELDS: &[&str] = &["net_inum", "net_cookie", "net_prot_inuse", "task_nsproxy", "nsproxy_net_ns"];
 
 pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
     name: "netns_create",
@@ -129,42 +123,29 @@ pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Fentry,
             hooks: &[
-                Hook::Fentry {
-                    program: "lifecycle_create_fentry",
-                    functions: &["copy_net_ns"],
-                },
-                Hook::Fexit {
-                    program: "lifecycle_create_fexit",
-                    functions: &["copy_net_ns"],
-                },
+                Hook::Fentry { program: "lifecycle_create_fentry", functions: &["copy_net_ns"] },
+                Hook::Fexit { program: "lifecycle_create_fexit", functions: &["copy_net_ns"] },
             ],
             fields: NET_FIELDS,
+            symbols: &[],
             sees: "every copy_net_ns(CLONE_NEWNET) and its result; setup time is the whole \
                    call (allocation, net_mutex wait, pernet init)",
         },
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::Kprobe {
-                    program: "lifecycle_create_kprobe",
-                    functions: &["copy_net_ns"],
-                },
-                Hook::Kretprobe {
-                    program: "lifecycle_create_kretprobe",
-                    functions: &["copy_net_ns"],
-                },
+                Hook::Kprobe { program: "lifecycle_create_kprobe", functions: &["copy_net_ns"] },
+                Hook::Kretprobe { program: "lifecycle_create_kretprobe", functions: &["copy_net_ns"] },
             ],
             fields: NET_FIELDS,
+            symbols: &[],
             sees: "every copy_net_ns(CLONE_NEWNET) and its result; setup time is the whole \
                    call (allocation, net_mutex wait, pernet init)",
         },
         Variant {
             mode: Mode::Tracepoint,
             hooks: &[
-                Hook::BtfTracepoint {
-                    program: "lifecycle_create_newtask",
-                    tracepoint: "task_newtask",
-                },
+                Hook::BtfTracepoint { program: "lifecycle_create_newtask", tracepoint: "task_newtask" },
                 Hook::Tracepoint {
                     program: "lifecycle_unshare_enter",
                     category: "syscalls",
@@ -204,6 +185,7 @@ pub static NETNS_CREATE: ProbeSpec = ProbeSpec {
                 "nsproxy_net_ns",
                 "task_tgid",
             ],
+            symbols: &[],
             sees: "creations by clone/clone3 (task_newtask) and unshare (sys_exit_unshare); \
                    setup time is the whole unshare/clone syscall; failures are those calls \
                    failing with ENOMEM or ENOSPC (EPERM/EINVAL are refused before any \
@@ -218,20 +200,16 @@ pub static NETNS_DESTROY: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
-            hooks: &[Hook::Fentry {
-                program: "lifecycle_destroy_fentry",
-                functions: &["__put_net"],
-            }],
+            hooks: &[Hook::Fentry { program: "lifecycle_destroy_fentry", functions: &["__put_net"] }],
             fields: &["net_cookie"],
+            symbols: &[],
             sees: "__put_net: the last reference is gone and teardown is queued",
         },
         Variant {
             mode: Mode::Kprobe,
-            hooks: &[Hook::Kprobe {
-                program: "lifecycle_destroy_kprobe",
-                functions: &["__put_net"],
-            }],
+            hooks: &[Hook::Kprobe { program: "lifecycle_destroy_kprobe", functions: &["__put_net"] }],
             fields: &["net_cookie"],
+            symbols: &[],
             sees: "__put_net: the last reference is gone and teardown is queued",
         },
         Variant {
@@ -241,6 +219,7 @@ pub static NETNS_DESTROY: ProbeSpec = ProbeSpec {
                 tracepoint: "percpu_free_percpu",
             }],
             fields: &["net_prot_inuse"],
+            symbols: &[],
             sees: "percpu_free_percpu of the namespace's core.prot_inuse: its exit handlers \
                    run in cleanup_net (teardown under way, usually within milliseconds of \
                    the last reference)",
@@ -248,13 +227,7 @@ pub static NETNS_DESTROY: ProbeSpec = ProbeSpec {
     ],
 };
 
-const MOVE_FIELDS: &[&str] = &[
-    "netdev_nd_net",
-    "netdev_ifindex",
-    "netdev_name",
-    "net_cookie",
-    "net_inum",
-];
+const MOVE_FIELDS: &[&str] = &["netdev_nd_net", "netdev_ifindex", "netdev_name", "net_cookie", "net_inum"];
 
 pub static DEVICE_MOVE: ProbeSpec = ProbeSpec {
     name: "device_move",
@@ -263,32 +236,22 @@ pub static DEVICE_MOVE: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Fentry,
             hooks: &[
-                Hook::Fentry {
-                    program: "moves_begin_fentry",
-                    functions: MOVE_FUNCTIONS,
-                },
-                Hook::Fexit {
-                    program: "moves_end_fexit",
-                    functions: MOVE_FUNCTIONS,
-                },
+                Hook::Fentry { program: "moves_begin_fentry", functions: MOVE_FUNCTIONS },
+                Hook::Fexit { program: "moves_end_fexit", functions: MOVE_FUNCTIONS },
             ],
             fields: MOVE_FIELDS,
+            symbols: &[],
             sees: "every move through __dev_change_net_namespace, whoever asks (rtnetlink, \
                    devices sent back to init_net when their namespace dies), with its error",
         },
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::Kprobe {
-                    program: "moves_begin_kprobe",
-                    functions: MOVE_FUNCTIONS,
-                },
-                Hook::Kretprobe {
-                    program: "moves_end_kretprobe",
-                    functions: MOVE_FUNCTIONS,
-                },
+                Hook::Kprobe { program: "moves_begin_kprobe", functions: MOVE_FUNCTIONS },
+                Hook::Kretprobe { program: "moves_end_kretprobe", functions: MOVE_FUNCTIONS },
             ],
             fields: MOVE_FIELDS,
+            symbols: &[],
             sees: "every move through __dev_change_net_namespace, whoever asks (rtnetlink, \
                    devices sent back to init_net when their namespace dies), with its error",
         },
@@ -335,6 +298,7 @@ pub static DEVICE_MOVE: ProbeSpec = ProbeSpec {
                 "sock_family",
                 "sock_protocol",
             ],
+            symbols: &[],
             sees: "moves asked for over rtnetlink with sendmsg or sendto (RTM_NEWLINK/SETLINK \
                    with a target namespace), checked at the end of the call by where the device \
                    is; misses moves made inside the kernel (devices returning to init_net when \
@@ -348,14 +312,8 @@ pub static DEVICE_MOVE: ProbeSpec = ProbeSpec {
 /// out of line again but only wraps it); `dev_change_net_namespace` on 5.12 and older.
 const MOVE_FUNCTIONS: &[&str] = &["__dev_change_net_namespace", "dev_change_net_namespace"];
 
-const ROUTE_V4_FIELDS: &[&str] = &[
-    "fib_table_id",
-    "fib_result_nhc",
-    "nhc_dev",
-    "netdev_nd_net",
-    "net_cookie",
-    "flowi4_iif",
-];
+const ROUTE_V4_FIELDS: &[&str] =
+    &["fib_table_id", "fib_result_nhc", "nhc_dev", "netdev_nd_net", "net_cookie", "flowi4_iif"];
 
 pub static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
     name: "route_lookup_ipv4",
@@ -363,11 +321,9 @@ pub static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
-            hooks: &[Hook::Fexit {
-                program: "routes_v4_fexit",
-                functions: &["fib_table_lookup"],
-            }],
+            hooks: &[Hook::Fexit { program: "routes_v4_fexit", functions: &["fib_table_lookup"] }],
             fields: ROUTE_V4_FIELDS,
+            symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses by the \
                    namespace owning the table searched (known once the table has had a hit; \
                    before that an output lookup counts for the caller's namespace and an \
@@ -376,27 +332,12 @@ pub static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Tracepoint,
             hooks: &[
-                Hook::BtfTracepoint {
-                    program: "routes_v4_tracepoint",
-                    tracepoint: "fib_table_lookup",
-                },
-                Hook::BtfTracepoint {
-                    program: "routes_rx_begin",
-                    tracepoint: "netif_receive_skb",
-                },
-                Hook::BtfTracepoint {
-                    program: "routes_rx_end",
-                    tracepoint: "softirq_exit",
-                },
+                Hook::BtfTracepoint { program: "routes_v4_tracepoint", tracepoint: "fib_table_lookup" },
+                Hook::BtfTracepoint { program: "routes_rx_begin", tracepoint: "netif_receive_skb" },
+                Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
             ],
-            fields: &[
-                "nhc_dev",
-                "netdev_nd_net",
-                "netdev_ifindex",
-                "net_cookie",
-                "flowi4_iif",
-                "skb_dev",
-            ],
+            fields: &["nhc_dev", "netdev_nd_net", "netdev_ifindex", "net_cookie", "flowi4_iif", "skb_dev"],
+            symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
                    received packets by the receiving device's namespace (unknown if the input \
                    interface does not match it), other misses by the caller's namespace",
@@ -404,28 +345,18 @@ pub static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::Kprobe {
-                    program: "routes_v4_kprobe",
-                    functions: &["fib_table_lookup"],
-                },
-                Hook::Kretprobe {
-                    program: "routes_v4_kretprobe",
-                    functions: &["fib_table_lookup"],
-                },
+                Hook::Kprobe { program: "routes_v4_kprobe", functions: &["fib_table_lookup"] },
+                Hook::Kretprobe { program: "routes_v4_kretprobe", functions: &["fib_table_lookup"] },
             ],
             fields: ROUTE_V4_FIELDS,
+            symbols: &[],
             sees: "as fentry, at several times the cost per lookup",
         },
     ],
 };
 
-const ROUTE_V6_FIELDS: &[&str] = &[
-    "fib6_table_id",
-    "fib6_result_f6i",
-    "fib6_result_type",
-    "net_fib6_null_entry",
-    "net_cookie",
-];
+const ROUTE_V6_FIELDS: &[&str] =
+    &["fib6_table_id", "fib6_result_f6i", "fib6_result_type", "net_fib6_null_entry", "net_cookie"];
 
 pub static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
     name: "route_lookup_ipv6",
@@ -433,11 +364,9 @@ pub static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
-            hooks: &[Hook::Fexit {
-                program: "routes_v6_fexit",
-                functions: &["fib6_table_lookup"],
-            }],
+            hooks: &[Hook::Fexit { program: "routes_v6_fexit", functions: &["fib6_table_lookup"] }],
             fields: ROUTE_V6_FIELDS,
+            symbols: &[],
             sees: "every fib6_table_lookup, by its net argument (exact)",
         },
         Variant {
@@ -447,42 +376,65 @@ pub static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
                 tracepoint: "fib6_table_lookup",
             }],
             fields: ROUTE_V6_FIELDS,
+            symbols: &[],
             sees: "fib6:fib6_table_lookup, by its net argument (exact)",
         },
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::Kprobe {
-                    program: "routes_v6_kprobe",
-                    functions: &["fib6_table_lookup"],
-                },
-                Hook::Kretprobe {
-                    program: "routes_v6_kretprobe",
-                    functions: &["fib6_table_lookup"],
-                },
+                Hook::Kprobe { program: "routes_v6_kprobe", functions: &["fib6_table_lookup"] },
+                Hook::Kretprobe { program: "routes_v6_kretprobe", functions: &["fib6_table_lookup"] },
             ],
             fields: ROUTE_V6_FIELDS,
+            symbols: &[],
             sees: "as fentry, at several times the cost per lookup",
         },
     ],
 };
 
-/// Every attachable probe, in the order they are attached and reported.
-pub static PROBES: &[&ProbeSpec] = &[
-    &NETNS_CREATE,
-    &NETNS_DESTROY,
-    &DEVICE_MOVE,
-    &ROUTE_LOOKUP_V4,
-    &ROUTE_LOOKUP_V6,
-];
+pub static NETNS_CLEANUP: ProbeSpec = ProbeSpec {
+    name: "netns_cleanup",
+    summary: "teardown batches (cleanup_net) finishing, which tells stuck teardowns",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fexit { program: "lifecycle_cleanup_fexit", functions: &["cleanup_net"] }],
+            fields: &[],
+            symbols: &[],
+            sees: "the end of every cleanup_net run",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[Hook::Kretprobe { program: "lifecycle_cleanup_kretprobe", functions: &["cleanup_net"] }],
+            fields: &[],
+            symbols: &[],
+            sees: "the end of every cleanup_net run",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[Hook::BtfTracepoint {
+                program: "lifecycle_cleanup_workqueue",
+                tracepoint: "workqueue_execute_end",
+            }],
+            fields: &[],
+            symbols: &["cleanup_net"],
+            sees: "workqueue_execute_end of the cleanup_net work item (the end of every run)",
+        },
+    ],
+};
 
-/// Kernel function names any probe may hook (for one kallsyms scan).
+/// Every attachable probe, in the order they are attached and reported.
+pub static PROBES: &[&ProbeSpec] =
+    &[&NETNS_CREATE, &NETNS_DESTROY, &DEVICE_MOVE, &ROUTE_LOOKUP_V4, &ROUTE_LOOKUP_V6];
+
+/// Kernel function names any probe may hook or need the address of (one kallsyms scan).
 pub fn all_functions() -> Vec<&'static str> {
     let mut names: Vec<&str> = PROBES
         .iter()
         .flat_map(|p| p.variants.iter())
         .flat_map(|v| v.hooks.iter())
         .flat_map(|h| h.functions().iter().copied())
+        .chain(PROBES.iter().flat_map(|p| p.variants).flat_map(|v| v.symbols.iter().copied()))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -501,12 +453,7 @@ mod tests {
             let modes: Vec<Mode> = probe.variants.iter().map(|v| v.mode).collect();
             let unique: HashSet<Mode> = modes.iter().copied().collect();
             assert_eq!(unique.len(), modes.len(), "{}: duplicate mode", probe.name);
-            assert_eq!(
-                unique.len(),
-                Mode::ALL.len(),
-                "{}: a mode is missing",
-                probe.name
-            );
+            assert_eq!(unique.len(), Mode::ALL.len(), "{}: a mode is missing", probe.name);
         }
     }
 

@@ -41,10 +41,7 @@ pub struct RouteMaps {
 
 impl RouteMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
-        Ok(Self {
-            lookups: take(ebpf, "ROUTE_LOOKUPS")?,
-            keys_full: take(ebpf, "ROUTE_KEYS_FULL")?,
-        })
+        Ok(Self { lookups: take(ebpf, "ROUTE_LOOKUPS")?, keys_full: take(ebpf, "ROUTE_KEYS_FULL")? })
     }
 
     pub fn collect(&self, namespaces: &NamespaceTable, out: &mut Vec<MetricFamily>) {
@@ -64,19 +61,12 @@ impl RouteMaps {
             let table = table_label(key.table);
             for (name, total) in result::NAMES.iter().zip(totals) {
                 if total > 0 {
-                    lookups.add(
-                        &[&netns, family_label(key.family), &table, name],
-                        total as f64,
-                    );
+                    lookups.add(&[&netns, family_label(key.family), &table, name], total as f64);
                 }
             }
         }
         out.extend(lookups.finish());
-        let full: u64 = self
-            .keys_full
-            .get(&0, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0);
+        let full: u64 = self.keys_full.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
         let mut f = metrics::Family::new(&metrics::ROUTE_KEYS_FULL);
         f.add(&[], full as f64);
         out.extend(f.finish());
@@ -84,12 +74,8 @@ impl RouteMaps {
 
     /// Deletes the counters of namespaces whose series expired.
     pub fn forget(&mut self, cookies: &HashSet<u64>) {
-        let keys: Vec<RouteKey> = self
-            .lookups
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| cookies.contains(&k.cookie))
-            .collect();
+        let keys: Vec<RouteKey> =
+            self.lookups.keys().filter_map(Result::ok).filter(|k| cookies.contains(&k.cookie)).collect();
         for key in keys {
             let _ = self.lookups.remove(&key);
         }

@@ -44,10 +44,6 @@ crate::user_pod!(InventoryEntry, InventoryStatus);
 impl InventoryEntry {
     /// An entry for one namespace.
     pub const fn new(cookie: u64, inum: u32) -> Self {
-        Self {
-            cookie,
-            inum,
-            _pad: 0,
-        }
+        Self { cookie, inum, _pad: 0 }
     }
 }

@@ -27,14 +27,7 @@ pub mod result {
     /// Number of results.
     pub const COUNT: usize = 6;
     /// Label values, by index.
-    pub const NAMES: [&str; COUNT] = [
-        "hit",
-        "no_route",
-        "unreachable",
-        "prohibit",
-        "blackhole",
-        "error",
-    ];
+    pub const NAMES: [&str; COUNT] = ["hit", "no_route", "unreachable", "prohibit", "blackhole", "error"];
 }
 
 /// `net_cookie` of lookups that could not be attributed to a namespace.

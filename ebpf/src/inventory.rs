@@ -98,21 +98,13 @@ fn try_walk() -> Result<(), i64> {
         head: start + offset!(net_list),
         node: 0,
         ops: read(start, offset!(net_ns_ops))?,
-        status: InventoryStatus {
-            started_ns: now_ns(),
-            ..Default::default()
-        },
+        status: InventoryStatus { started_ns: now_ns(), ..Default::default() },
     };
     visit(&mut walk, start)?;
     walk.node = read(walk.head, 0)?;
     // SAFETY: the callback and its context follow bpf_loop's contract.
     unsafe {
-        bpf_loop(
-            MAX_WALK,
-            walk_step as *mut c_void,
-            (&raw mut walk).cast(),
-            0,
-        );
+        bpf_loop(MAX_WALK, walk_step as *mut c_void, (&raw mut walk).cast(), 0);
     }
     INVENTORY_STATUS.set(0, walk.status, 0).map_err(i64::from)
 }

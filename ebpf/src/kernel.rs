@@ -55,9 +55,7 @@ pub fn atomic_add(slot: *mut u64, delta: u64) {
     // The BPF target has no `AtomicU64`; the intrinsic lowers to BPF's atomic add.
     // SAFETY: `slot` points into a map value, which lives as long as the map.
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            slot, delta,
-        );
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(slot, delta);
     }
 }
 

@@ -20,16 +20,14 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap},
     programs::{
-        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
     },
 };
 use netns_agent_common::{
     CLONE_NEWNET, COMM_LEN,
     events::kind,
     lifecycle::{
-        LifecycleEvent, NetnsRecord, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS,
-        counter,
+        LifecycleEvent, NetnsRecord, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter,
     },
 };
 
@@ -103,10 +101,7 @@ fn observe_setup(duration_ns: u64) {
 fn count_comm(comm: &[u8; COMM_LEN]) {
     if let Some(ptr) = CREATED_BY_COMM.get_ptr_mut(comm) {
         atomic_add(ptr, 1);
-    } else if CREATED_BY_COMM
-        .insert(comm, 1u64, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
+    } else if CREATED_BY_COMM.insert(comm, 1u64, u64::from(BPF_NOEXIST)).is_err() {
         // Either another CPU inserted it first (count there) or the map is full.
         match CREATED_BY_COMM.get_ptr_mut(comm) {
             Some(ptr) => atomic_add(ptr, 1),
@@ -120,13 +115,7 @@ fn count_comm(comm: &[u8; COMM_LEN]) {
 pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, i64> {
     let inum: u32 = read(net, offset!(net_inum))?;
     let prot_inuse: u64 = read(net, offset!(net_prot_inuse)).unwrap_or(0);
-    let record = NetnsRecord {
-        inum,
-        creator_pid,
-        seen_ns: now,
-        prot_inuse,
-        net,
-    };
+    let record = NetnsRecord { inum, creator_pid, seen_ns: now, prot_inuse, net };
     match LIVE.insert(cookie, record, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             add(counter::ALIVE, 1);
@@ -152,11 +141,7 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     add(counter::CREATED, 1);
     count_comm(&comm);
-    let duration_ns = if start_ns != 0 && now > start_ns {
-        now - start_ns
-    } else {
-        0
-    };
+    let duration_ns = if start_ns != 0 && now > start_ns { now - start_ns } else { 0 };
     if duration_ns != 0 {
         observe_setup(duration_ns);
     }
@@ -340,9 +325,7 @@ pub fn lifecycle_create_newtask(ctx: BtfTracePointContext) -> u32 {
     let task: u64 = ctx.arg(0);
     let tid = current_tid();
     // SAFETY: plain copy of the start time; sys_exit_clone* removes the entry.
-    let start = unsafe { PENDING_CREATES.get(tid) }
-        .map(|p| p.start_ns)
-        .unwrap_or(0);
+    let start = unsafe { PENDING_CREATES.get(tid) }.map(|p| p.start_ns).unwrap_or(0);
     let member: u32 = read(task, offset!(task_tgid)).unwrap_or(0);
     if let Ok(net) = crate::kernel::task_net(task) {
         let _ = created(net, member, start);
@@ -418,6 +401,51 @@ pub fn lifecycle_destroy_percpu(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: plain copy of the cookie.
     if let Some(cookie) = unsafe { TEARDOWN_MARKERS.get(ptr) }.copied() {
         destroyed(cookie, false);
+    }
+    0
+}
+
+// ---- teardown batches (cleanup_net) ----------------------------------------------------
+
+/// Completed `cleanup_net` runs: slot 0 the count, slot 1 when the last one ended (boot ns).
+/// A namespace whose teardown began before a batch ended has been torn down; one still
+/// waiting long after is stuck ("waiting for lo to become free").
+#[map]
+static CLEANUP_BATCHES: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Address of `cleanup_net` (from /proc/kallsyms), for the workqueue tracepoint's filter.
+#[unsafe(no_mangle)]
+static CLEANUP_NET_ADDR: u64 = 0;
+
+#[inline(always)]
+fn cleanup_batch_done() {
+    if let Some(count) = CLEANUP_BATCHES.get_ptr_mut(0) {
+        atomic_add(count, 1);
+    }
+    let _ = CLEANUP_BATCHES.set(1, now_ns(), 0);
+}
+
+#[fexit(function = "cleanup_net")]
+pub fn lifecycle_cleanup_fexit(_ctx: FExitContext) -> u32 {
+    cleanup_batch_done();
+    0
+}
+
+#[kretprobe]
+pub fn lifecycle_cleanup_kretprobe(_ctx: RetProbeContext) -> u32 {
+    cleanup_batch_done();
+    0
+}
+
+#[btf_tracepoint(function = "workqueue_execute_end")]
+pub fn lifecycle_cleanup_workqueue(ctx: BtfTracePointContext) -> u32 {
+    // workqueue_execute_end(struct work_struct *work, work_func_t function): every work item
+    // of the system passes here; one compare keeps the others cheap.
+    let function: u64 = ctx.arg(1);
+    // SAFETY: volatile read of a read-only global set by the loader.
+    let cleanup_net = unsafe { core::ptr::read_volatile(&raw const CLEANUP_NET_ADDR) };
+    if cleanup_net != 0 && function == cleanup_net {
+        cleanup_batch_done();
     }
     0
 }

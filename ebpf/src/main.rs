@@ -3,10 +3,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![allow(
-    internal_features,
-    reason = "atomic_xadd: the BPF target has no atomic types"
-)]
+#![allow(internal_features, reason = "atomic_xadd: the BPF target has no atomic types")]
 
 mod events;
 mod inventory;

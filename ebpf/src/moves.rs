@@ -90,11 +90,7 @@ fn end(error: i32, error_known: bool) {
         // Asked to move into the namespace it is already in: a no-op, neither move nor failure.
         return;
     }
-    let mut event = MoveEvent::new(if moved {
-        kind::DEVICE_MOVED
-    } else {
-        kind::DEVICE_MOVE_FAILED
-    });
+    let mut event = MoveEvent::new(if moved { kind::DEVICE_MOVED } else { kind::DEVICE_MOVE_FAILED });
     event.error = error;
     event.from_cookie = pending.from_cookie;
     event.from_inum = pending.from_inum;
@@ -221,8 +217,7 @@ fn netlink_request(fd: u64, buf: u64, len: u64) -> Result<(), i64> {
     }
     // nlmsghdr { u32 len; u16 type; u16 flags; u32 seq; u32 pid }
     // SAFETY: user memory read through the fault-safe helper.
-    let header: [u32; 2] =
-        unsafe { bpf_probe_read_user(buf as *const [u32; 2]) }.map_err(i64::from)?;
+    let header: [u32; 2] = unsafe { bpf_probe_read_user(buf as *const [u32; 2]) }.map_err(i64::from)?;
     let msg_type = (header[1] & 0xffff) as u16;
     if msg_type != rtnetlink::RTM_NEWLINK && msg_type != rtnetlink::RTM_SETLINK {
         return Ok(());
@@ -230,8 +225,8 @@ fn netlink_request(fd: u64, buf: u64, len: u64) -> Result<(), i64> {
     let msg_len = u64::from(header[0]).min(len);
     // ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change }
     // SAFETY: as above.
-    let ifindex: u32 = unsafe { bpf_probe_read_user((buf + NLMSG_HDRLEN + 4) as *const u32) }
-        .map_err(i64::from)?;
+    let ifindex: u32 =
+        unsafe { bpf_probe_read_user((buf + NLMSG_HDRLEN + 4) as *const u32) }.map_err(i64::from)?;
     let mut off = NLMSG_HDRLEN + IFINFOMSG_LEN;
     let mut moves = false;
     let mut name = [0u8; IFNAME_LEN];
@@ -241,17 +236,16 @@ fn netlink_request(fd: u64, buf: u64, len: u64) -> Result<(), i64> {
         }
         // nlattr { u16 len; u16 type }
         // SAFETY: as above.
-        let attr: u32 =
-            unsafe { bpf_probe_read_user((buf + off) as *const u32) }.map_err(i64::from)?;
+        let attr: u32 = unsafe { bpf_probe_read_user((buf + off) as *const u32) }.map_err(i64::from)?;
         let attr_len = u64::from(attr & 0xffff);
         let attr_type = ((attr >> 16) & 0x3fff) as u16;
         if attr_len < 4 {
             break;
         }
         match attr_type {
-            rtnetlink::IFLA_NET_NS_PID
-            | rtnetlink::IFLA_NET_NS_FD
-            | rtnetlink::IFLA_TARGET_NETNSID => moves = true,
+            rtnetlink::IFLA_NET_NS_PID | rtnetlink::IFLA_NET_NS_FD | rtnetlink::IFLA_TARGET_NETNSID => {
+                moves = true
+            }
             rtnetlink::IFLA_IFNAME => {
                 // SAFETY: as above; a short read leaves the name empty.
                 let _ = unsafe { bpf_probe_read_user_buf((buf + off + 4) as *const u8, &mut name) };
@@ -270,11 +264,7 @@ fn netlink_request(fd: u64, buf: u64, len: u64) -> Result<(), i64> {
         return Ok(());
     }
     let net: u64 = read(sk, offset!(sock_net))?;
-    let dev = if ifindex != 0 {
-        device_by_index(net, ifindex)
-    } else {
-        device_by_name(net, &name)
-    };
+    let dev = if ifindex != 0 { device_by_index(net, ifindex) } else { device_by_name(net, &name) };
     match dev {
         Some(dev) => begin(dev),
         None => Ok(()), // no such device: the request fails without touching a namespace
@@ -284,12 +274,7 @@ fn netlink_request(fd: u64, buf: u64, len: u64) -> Result<(), i64> {
 #[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
 pub fn moves_sendmsg_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets inside the tracepoint record; user reads are fault-safe.
-    let (fd, msg): (u64, u64) = unsafe {
-        (
-            ctx.read_at(ARG0).unwrap_or(0),
-            ctx.read_at(ARG1).unwrap_or(0),
-        )
-    };
+    let (fd, msg): (u64, u64) = unsafe { (ctx.read_at(ARG0).unwrap_or(0), ctx.read_at(ARG1).unwrap_or(0)) };
     let Ok(iov) = (unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }) else {
         return 0;
     };
@@ -304,11 +289,7 @@ pub fn moves_sendmsg_enter(ctx: TracePointContext) -> u32 {
 pub fn moves_sendto_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets inside the tracepoint record.
     let (fd, buf, len): (u64, u64, u64) = unsafe {
-        (
-            ctx.read_at(ARG0).unwrap_or(0),
-            ctx.read_at(ARG1).unwrap_or(0),
-            ctx.read_at(ARG1 + 8).unwrap_or(0),
-        )
+        (ctx.read_at(ARG0).unwrap_or(0), ctx.read_at(ARG1).unwrap_or(0), ctx.read_at(ARG1 + 8).unwrap_or(0))
     };
     let _ = netlink_request(fd, buf, len);
     0

@@ -70,11 +70,7 @@ const RTN_THROW: u8 = 9;
 
 #[inline(always)]
 fn count(cookie: u64, table: u32, family: u32, result: usize) {
-    let key = RouteKey {
-        cookie,
-        table,
-        family,
-    };
+    let key = RouteKey { cookie, table, family };
     if result >= result::COUNT {
         return;
     }
@@ -148,11 +144,7 @@ fn v6_result(net: u64, res: u64) -> usize {
             // The namespace's null entry (what a miss returns) is an unreachable route too.
             let f6i: u64 = read(res, offset!(fib6_result_f6i)).unwrap_or(0);
             let null: u64 = read(net, offset!(net_fib6_null_entry)).unwrap_or(0);
-            if f6i == 0 || f6i == null {
-                result::NO_ROUTE
-            } else {
-                result::UNREACHABLE
-            }
+            if f6i == 0 || f6i == null { result::NO_ROUTE } else { result::UNREACHABLE }
         }
         _ => result::HIT,
     }
@@ -188,11 +180,7 @@ pub fn routes_v4_tracepoint(ctx: BtfTracePointContext) -> u32 {
     let flp: u64 = ctx.arg(1);
     let nhc: u64 = ctx.arg(2);
     let err: i32 = ctx.arg(3);
-    let cookie = if nhc != 0 {
-        nhc_cookie(nhc)
-    } else {
-        tracepoint_miss_cookie(flp)
-    };
+    let cookie = if nhc != 0 { nhc_cookie(nhc) } else { tracepoint_miss_cookie(flp) };
     count(cookie, table, family::IPV4, v4_result(err));
     0
 }
@@ -233,9 +221,7 @@ fn v4_returned(tb: u64, flp: u64, res: u64, err: i32) {
     // SAFETY: plain copy of the owner.
     let owner: u64 = unsafe { TABLE_OWNER.get(tb) }.map_or(UNKNOWN_NETNS, |o| *o);
     let cookie = if err == 0 {
-        let cookie = read::<u64>(res, offset!(fib_result_nhc))
-            .map(nhc_cookie)
-            .unwrap_or(UNKNOWN_NETNS);
+        let cookie = read::<u64>(res, offset!(fib_result_nhc)).map(nhc_cookie).unwrap_or(UNKNOWN_NETNS);
         // Tables appear lazily (a new namespace has none until its first route) and rules
         // split local from main: learn each table's owner from its hits.
         if cookie != UNKNOWN_NETNS && owner != cookie {
@@ -299,11 +285,7 @@ fn pop_frame() -> Option<[u64; 3]> {
 
 #[kprobe]
 pub fn routes_v4_kprobe(ctx: ProbeContext) -> u32 {
-    push_frame([
-        ctx.arg(0).unwrap_or(0),
-        ctx.arg(2).unwrap_or(0),
-        ctx.arg(1).unwrap_or(0),
-    ]);
+    push_frame([ctx.arg(0).unwrap_or(0), ctx.arg(2).unwrap_or(0), ctx.arg(1).unwrap_or(0)]);
     0
 }
 
@@ -319,11 +301,7 @@ pub fn routes_v4_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn v6_lookup(net: u64, table: u64, res: u64) {
-    let table_id: u32 = if table != 0 {
-        read(table, offset!(fib6_table_id)).unwrap_or(0)
-    } else {
-        0
-    };
+    let table_id: u32 = if table != 0 { read(table, offset!(fib6_table_id)).unwrap_or(0) } else { 0 };
     count(net_cookie(net), table_id, family::IPV6, v6_result(net, res));
 }
 
@@ -341,11 +319,7 @@ pub fn routes_v6_fexit(ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn routes_v6_kprobe(ctx: ProbeContext) -> u32 {
-    push_frame([
-        ctx.arg(0).unwrap_or(0),
-        ctx.arg(4).unwrap_or(0),
-        ctx.arg(1).unwrap_or(0),
-    ]);
+    push_frame([ctx.arg(0).unwrap_or(0), ctx.arg(4).unwrap_or(0), ctx.arg(1).unwrap_or(0)]);
     0
 }
 

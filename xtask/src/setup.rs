@@ -29,42 +29,19 @@ pub fn build_tools() -> Result<()> {
     step("build prerequisites: nightly rust-src, bpf-linker");
     let toolchains = output("rustup", &["toolchain", "list"]).context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    let components = output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .unwrap_or_default();
+    let components =
+        output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
         apt(LLVM_PACKAGES)?;
-        let path = format!(
-            "{LLVM_PREFIX}/bin:{}",
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
         run(Command::new(env!("CARGO"))
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                &format!("^{BPF_LINKER_VERSION}"),
-            ])
+            .args(["install", "bpf-linker", "--version", &format!("^{BPF_LINKER_VERSION}")])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             .env("PATH", path))?;
@@ -86,12 +63,10 @@ pub fn vm_tools() -> Result<Vec<PathBuf>> {
         let kernel = match installed_kernel(series) {
             Some(kernel) => kernel,
             None => {
-                let listing = output("apt-cache", &["search", "--names-only", package_regex])
-                    .unwrap_or_default();
-                let mut names: Vec<&str> = listing
-                    .lines()
-                    .filter_map(|l| l.split_whitespace().next())
-                    .collect();
+                let listing =
+                    output("apt-cache", &["search", "--names-only", package_regex]).unwrap_or_default();
+                let mut names: Vec<&str> =
+                    listing.lines().filter_map(|l| l.split_whitespace().next()).collect();
                 names.sort_by_key(|n| version_key(n));
                 let newest = names
                     .last()
@@ -117,11 +92,7 @@ fn installed_kernel(series: &str) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
         .collect();
     found.sort_by_key(|p| version_key(&p.to_string_lossy()));
     found.pop()
@@ -129,9 +100,7 @@ fn installed_kernel(series: &str) -> Option<PathBuf> {
 
 /// Orders names by the numbers in them (6.1.0-9 before 6.1.0-56).
 fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect()
+    name.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
 }
 
 /// The virtme-ng launcher, on PATH or in Python's scripts directory.
@@ -139,13 +108,7 @@ pub fn vng() -> Option<PathBuf> {
     if let Some(path) = output("sh", &["-c", "command -v vng"]) {
         return Some(PathBuf::from(path.trim()));
     }
-    let scripts = output(
-        "python3",
-        &[
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ],
-    )?;
+    let scripts = output("python3", &["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])?;
     let candidate = Path::new(scripts.trim()).join("vng");
     candidate.exists().then_some(candidate)
 }
@@ -185,11 +148,8 @@ mod tests {
 
     #[test]
     fn kernel_versions_sort_numerically() {
-        let mut names = [
-            "linux-image-6.1.0-9-amd64",
-            "linux-image-6.1.0-56-amd64",
-            "linux-image-6.1.0-10-amd64",
-        ];
+        let mut names =
+            ["linux-image-6.1.0-9-amd64", "linux-image-6.1.0-56-amd64", "linux-image-6.1.0-10-amd64"];
         names.sort_by_key(|n| version_key(n));
         assert_eq!(names.last(), Some(&"linux-image-6.1.0-56-amd64"));
     }

@@ -77,11 +77,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     setup::build_tools()?;
     setup::test_tools()?;
-    let kernels = if args.no_vm {
-        Vec::new()
-    } else {
-        setup::vm_tools()?
-    };
+    let kernels = if args.no_vm { Vec::new() } else { setup::vm_tools()? };
     let mut tiers = Vec::new();
 
     if !args.vm_only {
@@ -95,21 +91,10 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     if !args.vm_only {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        tiers.push(host(
-            &binaries,
-            &agent,
-            release.trim(),
-            args.filter.as_deref(),
-        ));
+        tiers.push(host(&binaries, &agent, release.trim(), args.filter.as_deref()));
     }
     for kernel in &kernels {
-        tiers.extend(vm(
-            kernel,
-            &args.vm_modes,
-            &binaries,
-            &agent,
-            args.filter.as_deref(),
-        ));
+        tiers.extend(vm(kernel, &args.vm_modes, &binaries, &agent, args.filter.as_deref()));
     }
 
     let mut summary = String::from("\n== summary ==\n");
@@ -132,30 +117,16 @@ pub fn run(args: TestArgs) -> Result<()> {
     let passed: u32 = tiers.iter().map(|t| t.passed).sum();
     let failed: u32 = tiers.iter().map(|t| t.failed).sum::<u32>()
         + tiers.iter().filter(|t| t.error.is_some()).count() as u32;
-    let _ = writeln!(
-        summary,
-        "total time {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    let _ = writeln!(summary, "total time {:.0} s", started.elapsed().as_secs_f64());
     let _ = writeln!(summary, "{passed} passed, {failed} failed");
     print!("{summary}");
-    if tiers.iter().all(Tier::ok) {
-        Ok(())
-    } else {
-        bail!("some tests failed")
-    }
+    if tiers.iter().all(Tier::ok) { Ok(()) } else { bail!("some tests failed") }
 }
 
 fn timed(name: impl Into<String>, f: impl FnOnce() -> (u32, u32, Option<String>)) -> Tier {
     let start = Instant::now();
     let (passed, failed, error) = f();
-    Tier {
-        name: name.into(),
-        passed,
-        failed,
-        error,
-        elapsed: start.elapsed(),
-    }
+    Tier { name: name.into(), passed, failed, error, elapsed: start.elapsed() }
 }
 
 fn lint() -> Tier {
@@ -171,10 +142,7 @@ fn lint() -> Tier {
                 }
                 None => Command::new(env!("CARGO")),
             };
-            cmd.args(args)
-                .current_dir(&root)
-                .status()
-                .is_ok_and(|s| s.success())
+            cmd.args(args).current_dir(&root).status().is_ok_and(|s| s.success())
         };
         let checks = [
             cargo(None, &["fmt", "--all", "--check"]),
@@ -218,14 +186,7 @@ fn unit() -> Tier {
     step("unit tests");
     timed("unit  cargo test (workspace)", || {
         let out = Command::new(env!("CARGO"))
-            .args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "netns-agent-e2e",
-                "--exclude",
-                "netns-agent-ebpf",
-            ])
+            .args(["test", "--workspace", "--exclude", "netns-agent-e2e", "--exclude", "netns-agent-ebpf"])
             .current_dir(workspace_root())
             .stderr(Stdio::inherit())
             .output();
@@ -234,8 +195,8 @@ fn unit() -> Tier {
                 let text = String::from_utf8_lossy(&out.stdout);
                 print!("{text}");
                 let (passed, failed) = count_results(&text);
-                let error = (!out.status.success() && failed == 0)
-                    .then(|| format!("cargo test: {}", out.status));
+                let error =
+                    (!out.status.success() && failed == 0).then(|| format!("cargo test: {}", out.status));
                 (passed, failed, error)
             }
             Err(err) => (0, 0, Some(err.to_string())),
@@ -246,13 +207,7 @@ fn unit() -> Tier {
 /// Builds the end-to-end test binaries and returns their paths.
 fn e2e_binaries() -> Result<Vec<PathBuf>> {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "test",
-            "-p",
-            "netns-agent-e2e",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(["test", "-p", "netns-agent-e2e", "--no-run", "--message-format=json"])
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()?;
@@ -278,9 +233,7 @@ fn e2e_binaries() -> Result<Vec<PathBuf>> {
 }
 
 fn host(binaries: &[PathBuf], agent: &Path, release: &str, filter: Option<&str>) -> Tier {
-    step(&format!(
-        "end-to-end tests on this kernel ({release}), tracepoint mode"
-    ));
+    step(&format!("end-to-end tests on this kernel ({release}), tracepoint mode"));
     timed(format!("host  Linux {release} / tracepoint"), || {
         let mut output = String::new();
         let mut error = None;
@@ -316,20 +269,15 @@ fn vm(
     agent: &Path,
     filter: Option<&str>,
 ) -> Vec<Tier> {
-    let version = kernel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("?")
-        .trim_start_matches("vmlinuz-")
-        .to_owned();
+    let version =
+        kernel.file_name().and_then(|n| n.to_str()).unwrap_or("?").trim_start_matches("vmlinuz-").to_owned();
     step(&format!("VM: Linux {version}, modes {}", modes.join(", ")));
     let dir = workspace_root().join("target/vm").join(&version);
     let start = Instant::now();
     let result = (|| -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut script =
-            String::from("#!/bin/sh\n# Generated by cargo xtask test: runs inside the VM.\n");
+        let mut script = String::from("#!/bin/sh\n# Generated by cargo xtask test: runs inside the VM.\n");
         for mode in modes {
             for binary in binaries {
                 let _ = writeln!(
@@ -344,10 +292,7 @@ fn vm(
         }
         let script_path = dir.join("run.sh");
         std::fs::write(&script_path, script)?;
-        std::fs::set_permissions(
-            &script_path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
+        std::fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let vng = setup::vng().context("vng not found")?;
         let console = std::fs::File::create(dir.join("console.log"))?;
         // Software emulation (no KVM here): bounded so a hung guest cannot stall CI.
@@ -380,13 +325,12 @@ fn vm(
             let crashed = rcs.lines().filter(|l| !l.ends_with(" 0")).count() as u32;
             let error = match &result {
                 Err(err) => Some(err.to_string()),
-                Ok(()) if rcs.lines().count() < binaries.len() => Some(format!(
-                    "the VM stopped early (see {}/console.log)",
-                    dir.display()
-                )),
-                Ok(()) if crashed > failed => Some(format!(
-                    "{crashed} test binaries failed without a test result"
-                )),
+                Ok(()) if rcs.lines().count() < binaries.len() => {
+                    Some(format!("the VM stopped early (see {}/console.log)", dir.display()))
+                }
+                Ok(()) if crashed > failed => {
+                    Some(format!("{crashed} test binaries failed without a test result"))
+                }
                 Ok(()) => None,
             };
             Tier {

@@ -8,10 +8,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 pub fn is_root() -> bool {
@@ -31,21 +28,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command and returns its stdout, or None if it cannot run or fails.
 pub fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(program).args(args).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `cargo <args>` in the workspace.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    run(Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(workspace_root()))
+    run(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
 }
 
 /// Prints a step header.
