@@ -596,3 +596,110 @@ impl Agent {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 }
+
+impl Agent {
+    /// Runs an on-call command (`ls`, `show`, `events`) against this agent; its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let out = Command::new(agent_bin()).args(args).args(["--agent", &addr]).output()?;
+        ensure!(
+            out.status.success(),
+            "netns-agent {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+/// A namespace held only by a socket: a child process creates it, sends a socket made in
+/// it to this process over a unix socket, and exits. Closing the socket (drop) frees it.
+pub struct OrphanedNetns {
+    pub socket: std::os::fd::OwnedFd,
+    pub inode: u64,
+}
+
+impl OrphanedNetns {
+    pub fn make() -> Result<Self> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        let mut pair = [0i32; 2];
+        // SAFETY: socketpair fills the two fds.
+        ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, pair.as_mut_ptr()) } == 0);
+        // SAFETY: fresh fds we own.
+        let (ours, theirs) = unsafe {
+            (std::os::fd::OwnedFd::from_raw_fd(pair[0]), std::os::fd::OwnedFd::from_raw_fd(pair[1]))
+        };
+        // SAFETY: the child makes raw syscalls only, then exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    libc::_exit(1);
+                }
+                let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                if sock < 0 || send_fd(theirs.as_raw_fd(), sock) != 0 {
+                    libc::_exit(2);
+                }
+                libc::_exit(0);
+            }
+        }
+        drop(theirs);
+        ensure!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        ensure!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {status:#x}");
+        let socket = recv_fd(ours.as_raw_fd())?;
+        // SAFETY: SIOCGSKNS returns a new fd of the socket's namespace.
+        let ns = unsafe { libc::ioctl(socket.as_raw_fd(), 0x894C) };
+        ensure!(ns >= 0, "SIOCGSKNS: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd we own; closed at the end of this scope.
+        let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = ns.metadata()?.ino();
+        Ok(Self { socket, inode })
+    }
+}
+
+/// Sends `fd` over a unix socket (SCM_RIGHTS). Raw calls only: runs in a forked child.
+unsafe fn send_fd(over: i32, fd: i32) -> isize {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = [0u8; 64];
+    // SAFETY: msghdr and cmsg built in stack buffers large enough for one fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        if libc::sendmsg(over, &msg, 0) == 1 { 0 } else { -1 }
+    }
+}
+
+/// Receives one fd sent with `send_fd`.
+fn recv_fd(from: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = [0u8; 64];
+    // SAFETY: as in send_fd; the received fd is checked before use.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+        ensure!(libc::recvmsg(from, &mut msg, 0) == 1, "recvmsg: {}", std::io::Error::last_os_error());
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        ensure!(!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS, "no fd received");
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}

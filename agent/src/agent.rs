@@ -1,33 +1,29 @@
 //! `netns-agent run`: load, attach, seed, serve, and detach everything on SIGINT/SIGTERM.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::{
-    Btf, Ebpf, Endianness,
-    maps::{Array, MapData},
-};
-use netns_agent_common::{events::kind, lifecycle::LifecycleEvent};
-use prometheus::proto::MetricFamily;
+use aya::{Btf, Ebpf, Endianness};
 
 use crate::{
     attach::{self, KernelView, ProbeOutcome},
-    attribution::{self, Owner, Sources},
     config::Settings,
-    events::{self, Event, EventMaps},
+    events::{self, EventMaps},
     host,
     inventory::Inventory,
+    journal::{EventsFile, Journal},
     kernel_layout::{KernelLayout, ResolvedField},
-    lifecycle::{self, LifecycleMaps},
-    loader, metrics,
-    moves::{self, MoveMaps},
+    lifecycle::LifecycleMaps,
+    loader, maps,
+    moves::MoveMaps,
     namespaces::NamespaceTable,
-    probes::Mode,
+    probes::NETNS_CLEANUP,
     routes::RouteMaps,
+    state::{AgentState, Ownership, lock},
 };
 
 /// Everything start-up learns about the kernel, and the loaded (not yet attached) object.
@@ -57,145 +53,6 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     Ok(Prepared { release, layout, fields, btf, ebpf, kallsyms })
 }
 
-/// Locks a mutex, recovering from a panicked holder (the data stays usable).
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// What `/metrics` reads, and what the event and housekeeping tasks update.
-pub struct AgentState {
-    kernel: String,
-    probes: Vec<(&'static str, Option<Mode>, Vec<Mode>)>,
-    lifecycle: LifecycleMaps,
-    events_lost: Array<MapData, u64>,
-    routes: Mutex<RouteMaps>,
-    moves: Mutex<MoveMaps>,
-    pub namespaces: Mutex<NamespaceTable>,
-    /// Owners of namespaces by inode (processes, names, container, pod).
-    pub owners: Mutex<HashMap<u32, Owner>>,
-    sources: Sources,
-}
-
-impl AgentState {
-    pub fn gather(&self) -> Vec<MetricFamily> {
-        let mut out = Vec::new();
-        let mut info = metrics::Family::new(&metrics::AGENT_INFO);
-        info.add(&[env!("CARGO_PKG_VERSION"), &self.kernel], 1.0);
-        out.extend(info.finish());
-        let mut attached = metrics::Family::new(&metrics::PROBE_ATTACHED);
-        for (probe, mode, modes) in &self.probes {
-            for m in modes {
-                attached.add(&[probe, m.as_str()], if *mode == Some(*m) { 1.0 } else { 0.0 });
-            }
-        }
-        out.extend(attached.finish());
-        let mut lost = metrics::Family::new(&metrics::EVENTS_LOST);
-        lost.add(&[], self.events_lost.get(&0, 0).unwrap_or(0) as f64);
-        out.extend(lost.finish());
-        self.lifecycle.collect(&mut out);
-        let namespaces = lock(&self.namespaces);
-        self.collect_owners(&namespaces, &mut out);
-        lock(&self.moves).collect(&namespaces, &mut out);
-        lock(&self.routes).collect(&namespaces, &mut out);
-        out
-    }
-
-    /// `netns_info` and `netns_processes`: one series per tracked namespace.
-    fn collect_owners(&self, namespaces: &NamespaceTable, out: &mut Vec<MetricFamily>) {
-        let owners = lock(&self.owners);
-        let mut info = metrics::Family::new(&metrics::NETNS_INFO);
-        let mut processes = metrics::Family::new(&metrics::NETNS_PROCESSES);
-        let none = Owner::default();
-        for (_, ns) in namespaces.iter() {
-            let owner = owners.get(&ns.inum).filter(|_| ns.destroyed_at.is_none()).unwrap_or(&none);
-            let netns = ns.inum.to_string();
-            let (pid, comm) =
-                owner.main.as_ref().map_or((String::new(), ""), |m| (m.pid.to_string(), m.comm.as_str()));
-            info.add(
-                &[
-                    &netns,
-                    &owner.name_label(),
-                    comm,
-                    &pid,
-                    &owner.container_id,
-                    &owner.pod,
-                    &owner.pod_namespace,
-                ],
-                1.0,
-            );
-            processes.add(&[&netns], f64::from(owner.processes));
-        }
-        out.extend(info.finish());
-        out.extend(processes.finish());
-        let mut dropped = metrics::Family::new(&metrics::NAMESPACES_DROPPED);
-        dropped.add(&[], namespaces.dropped as f64);
-        out.extend(dropped.finish());
-    }
-
-    /// Rescans /proc, mounts and the CNI cache.
-    fn rescan_owners(&self) {
-        let owners = attribution::scan(&self.sources);
-        *lock(&self.owners) = owners;
-    }
-
-    /// A namespace was just created: note the process in it now, before it can exit (the
-    /// next full scan corrects everything else).
-    fn note_creator(&self, event: &LifecycleEvent) {
-        let pid = if event.member_pid != 0 { event.member_pid } else { event.pid };
-        let Some((inum, info, container)) = attribution::process(&self.sources, pid as i32) else {
-            return;
-        };
-        if inum != event.inum {
-            return; // a clone's parent: the child, not yet known here, is the member
-        }
-        let mut owners = lock(&self.owners);
-        let owner = owners.entry(inum).or_default();
-        if owner.main.is_none() {
-            owner.main = Some(info);
-            owner.processes = owner.processes.max(1);
-            owner.container_id = container;
-        }
-    }
-
-    pub fn render(&self) -> String {
-        metrics::render(&self.gather())
-    }
-
-    /// Applies one kernel event.
-    fn on_event(&self, event: Event) {
-        match event {
-            Event::Lifecycle(e) => {
-                log::debug!("{}", lifecycle::describe(&e));
-                match e.kind {
-                    kind::NETNS_CREATED => {
-                        lock(&self.namespaces).alive(e.cookie, e.inum);
-                        self.note_creator(&e);
-                    }
-                    kind::NETNS_DESTROYED => {
-                        lock(&self.namespaces).destroyed(e.cookie, e.inum, Instant::now())
-                    }
-                    _ => {}
-                }
-            }
-            Event::Move(e) => log::info!("{}", moves::describe(&e)),
-        }
-    }
-
-    /// Drops the series of namespaces destroyed longer than `grace` ago, in user space and in
-    /// the kernel's counters.
-    fn expire(&self, grace: Duration) {
-        let removed: HashSet<u64> = {
-            let mut namespaces = lock(&self.namespaces);
-            namespaces.expire(grace, Instant::now());
-            namespaces.take_removed().into_iter().collect()
-        };
-        if !removed.is_empty() {
-            lock(&self.routes).forget(&removed);
-            lock(&self.moves).forget(&removed);
-        }
-    }
-}
-
 /// The start-up log line for one probe.
 pub fn outcome_line(outcome: &ProbeOutcome) -> String {
     let failures: Vec<String> = outcome
@@ -222,8 +79,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         fields.len()
     );
 
-    let kernel = KernelView::new(&btf, &layout, &fields, kallsyms);
-    let outcomes = attach::attach_all(&mut ebpf, &kernel, settings.attach, false);
+    let outcomes = {
+        let kernel = KernelView::new(&btf, &layout, &fields, kallsyms);
+        attach::attach_all(&mut ebpf, &kernel, settings.attach, false)
+    };
+    // The parsed kernel BTF (tens of MiB) is only needed to load and attach; hand the memory
+    // back to the system rather than keep it in the allocator's free lists.
+    drop((layout, btf, fields));
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     for outcome in &outcomes {
         if outcome.attached.is_some() {
             log::info!("{}", outcome_line(outcome));
@@ -262,6 +126,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
 
+    let events_file = match &settings.events_file {
+        Some(path) => Some(EventsFile::open(path, settings.events_file_max_bytes)?),
+        None => None,
+    };
     let state = Arc::new(AgentState {
         kernel: release,
         probes: outcomes
@@ -270,11 +138,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .collect(),
         lifecycle: lifecycle_maps,
         events_lost: event_maps.lost,
+        cleanup: maps::take(&mut ebpf, "CLEANUP_BATCHES")?,
         routes: Mutex::new(RouteMaps::take(&mut ebpf)?),
         moves: Mutex::new(MoveMaps::take(&mut ebpf)?),
         namespaces: Mutex::new(namespaces),
-        owners: Mutex::new(HashMap::new()),
+        ownership: Mutex::new(Ownership::default()),
+        journal: Mutex::new(Journal::new(settings.journal_max_events, events_file)),
         sources: settings.sources.clone(),
+        dying_after: settings.dying_after,
+        cleanup_attached: outcomes.iter().any(|o| o.probe.name == NETNS_CLEANUP.name && o.attached.is_some()),
+        rescan_soon: tokio::sync::Notify::new(),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));
 
@@ -314,9 +187,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    // A new namespace: let its creator finish (mount, exec) before looking.
+                    _ = state.rescan_soon.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
                 let state = Arc::clone(&state);
-                let _ = tokio::task::spawn_blocking(move || state.rescan_owners()).await;
+                let _ = tokio::task::spawn_blocking(move || state.rescan()).await;
             }
         })
     };

@@ -353,3 +353,88 @@ mod tests {
         assert!(main.start_ticks <= me.1.start_ticks);
     }
 }
+
+/// Something that keeps a namespace alive without living in it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    pub pid: i32,
+    pub comm: String,
+    pub fd: i32,
+    /// `netns fd` (an open /proc/PID/ns/net or nsfs file) or `socket` (created in it).
+    pub kind: &'static str,
+}
+
+/// `SIOCGSKNS`: an ioctl on a socket that returns a file descriptor of its namespace.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// Finds processes holding the namespaces `targets` through a file descriptor: an nsfs
+/// descriptor of the namespace, or a socket created in it. A socket's namespace is asked
+/// of the socket itself (duplicated with pidfd_getfd, SIOCGSKNS), and every duplicate is
+/// closed at once: the agent holds nothing past this call.
+pub fn find_holders(
+    sources: &Sources,
+    targets: &std::collections::HashSet<u32>,
+) -> HashMap<u32, Vec<Holder>> {
+    let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
+    if targets.is_empty() {
+        return found;
+    }
+    let Ok(all) = procfs::process::all_processes_with_root(&sources.proc_root) else { return found };
+    for proc in all.flatten() {
+        let pid = proc.pid;
+        drop(proc);
+        let dir = sources.proc_root.join(pid.to_string());
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else { continue };
+        let comm = std::fs::read(dir.join("comm"))
+            .map(|c| labels::from_bytes(c.trim_ascii_end()))
+            .unwrap_or_default();
+        let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
+        for fd in fds.flatten() {
+            let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            let link = link.to_string_lossy();
+            let (inum, kind) =
+                if let Some(inum) = link.strip_prefix("net:[").and_then(|l| l.strip_suffix(']')) {
+                    (inum.parse().ok(), "netns fd")
+                } else if link.starts_with("socket:[") {
+                    let pidfd = pidfd.get_or_insert_with(|| open_pidfd(pid));
+                    (pidfd.as_ref().and_then(|p| socket_netns(p, fd_num)), "socket")
+                } else {
+                    continue;
+                };
+            if let Some(inum) = inum.filter(|i| targets.contains(i)) {
+                found.entry(inum).or_default().push(Holder { pid, comm: comm.clone(), fd: fd_num, kind });
+            }
+        }
+    }
+    found
+}
+
+fn open_pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh fd we own.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The namespace inode of socket `fd` of the process behind `pidfd`.
+fn socket_netns(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Option<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    // SAFETY: pidfd_getfd duplicates the target's fd into ours, or fails.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd we own; dropping it closes it.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup as i32) };
+    // SAFETY: the ioctl returns a new fd of the socket's namespace, or fails.
+    let ns = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+    drop(socket);
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd we own.
+    let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
+    ns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok())
+}

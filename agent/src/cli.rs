@@ -1,10 +1,13 @@
-//! The command line: `run`, `check`.
+//! The command line: `run`, `check`, and the on-call commands `ls`, `show`, `events`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::AttachArg;
+use crate::{client::SortKey, config::AttachArg};
+
+/// Where the on-call commands find the agent: the address `run` listens on by default.
+pub const DEFAULT_AGENT: &str = "127.0.0.1:19110";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,10 +26,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the probes and serve Prometheus metrics until SIGINT/SIGTERM.
+    /// Load the probes and serve Prometheus metrics and the JSON API until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Report which attach mode each probe can use on this kernel, which it would pick, and why.
     Check(CommonArgs),
+    /// List namespaces like `ps`: state, age, name, main process, container or pod, route
+    /// lookups and failures per second.
+    Ls(LsArgs),
+    /// Everything about one namespace (inode number, ip netns name or pid) and its journal.
+    Show(ShowArgs),
+    /// The journal: namespaces created and destroyed, devices moved, setup failures.
+    Events(EventsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,9 +55,57 @@ pub struct CommonArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Address to serve /metrics on [default: 0.0.0.0:19110].
+    /// Address to serve /metrics and /api on [default: 0.0.0.0:19110].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Also append the journal to this file as JSON lines (rotated at events_file_max_bytes).
+    #[arg(long, value_name = "FILE")]
+    pub events_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent to ask (HOST:PORT).
+    #[arg(long, value_name = "ADDR", env = "NETNS_AGENT_ADDR", default_value = DEFAULT_AGENT)]
+    pub agent: String,
+    /// Print JSON (the API's objects) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Sort by this column (lookups and failures: busiest first).
+    #[arg(long, value_enum, default_value = "netns")]
+    pub sort: SortKey,
+    /// Seconds between the two samples the rates come from (0: no rates).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub interval: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Inode number (as in /proc/PID/ns/net), ip netns name, or pid of a process in it.
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Keep printing new events as they happen.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only events of this namespace (inode number).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    /// At most this many of the newest events first.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }

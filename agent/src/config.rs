@@ -96,6 +96,14 @@ pub struct FileConfig {
     pub proc_root: Option<PathBuf>,
     /// The CNI plugins' result cache (pod names).
     pub cni_cache_dir: Option<PathBuf>,
+    /// Journal entries kept in memory.
+    pub journal_max_events: Option<usize>,
+    /// Append the journal to this file as JSON lines.
+    pub events_file: Option<PathBuf>,
+    /// Size at which the events file rotates (to `<file>.1`).
+    pub events_file_max_bytes: Option<u64>,
+    /// Seconds after which a teardown that has not finished counts as dying.
+    pub dying_after_seconds: Option<u64>,
 }
 
 /// Flags that override the file.
@@ -104,6 +112,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
+    pub events_file: Option<PathBuf>,
 }
 
 /// Everything the agent runs with, validated.
@@ -117,6 +126,10 @@ pub struct Settings {
     pub series_grace: Duration,
     pub attribution_interval: Duration,
     pub sources: crate::attribution::Sources,
+    pub journal_max_events: usize,
+    pub events_file: Option<PathBuf>,
+    pub events_file_max_bytes: u64,
+    pub dying_after: Duration,
 }
 
 impl FileConfig {
@@ -177,6 +190,16 @@ impl Settings {
             });
         }
         let defaults = crate::attribution::Sources::default();
+        let dying_after = seconds("dying_after_seconds", file.dying_after_seconds, 60)?;
+        let journal_max_events = file.journal_max_events.unwrap_or(10_000);
+        let events_file_max_bytes = file.events_file_max_bytes.unwrap_or(16 << 20);
+        if journal_max_events == 0 || events_file_max_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                name: "journal_max_events / events_file_max_bytes",
+                value: format!("{journal_max_events} / {events_file_max_bytes}"),
+                expected: "at least 1 entry and 4096 bytes",
+            });
+        }
         Ok(Self {
             listen,
             attach: flags.attach.or(file.attach).unwrap_or(AttachArg::Auto).policy(),
@@ -192,6 +215,10 @@ impl Settings {
                 proc_root: file.proc_root.unwrap_or(defaults.proc_root),
                 cni_cache_dir: file.cni_cache_dir.unwrap_or(defaults.cni_cache_dir),
             },
+            journal_max_events,
+            events_file: flags.events_file.or(file.events_file),
+            events_file_max_bytes,
+            dying_after,
         })
     }
 }

@@ -8,25 +8,28 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    env_logger::Builder::new()
-        .parse_filters(&cli.log_level)
-        .parse_env("RUST_LOG")
-        .format_target(false)
-        .init();
+    // A bare level applies to the agent; aya's own debug output is only for RUST_LOG.
+    let filters = if cli.log_level.contains('=') {
+        cli.log_level.clone()
+    } else {
+        format!("warn,netns_agent={}", cli.log_level)
+    };
+    env_logger::Builder::new().parse_filters(&filters).parse_env("RUST_LOG").format_target(false).init();
     let result = match cli.command {
-        Command::Run(args) => {
-            netns_agent::settings(&args.common, args.listen).map_err(Into::into).and_then(|settings| {
+        Command::Run(args) => netns_agent::settings(&args.common, args.listen, args.events_file)
+            .map_err(Into::into)
+            .and_then(|settings| {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()?
                     .block_on(netns_agent::agent::run(settings))
-            })
-        }
-        Command::Check(args) => netns_agent::settings(&args, None)
+            }),
+        Command::Check(args) => netns_agent::settings(&args, None, None)
             .map_err(Into::into)
             .and_then(|settings| netns_agent::check::run(&settings))
             .map(|report| print!("{report}")),
+        other => netns_agent::on_call(other),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

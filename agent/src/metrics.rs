@@ -113,6 +113,18 @@ pub const NETNS_INFO: MetricDef = def(
 );
 pub const NETNS_PROCESSES: MetricDef =
     def("netns_processes", GAUGE, &["netns"], "Processes (not threads) whose network namespace this is.");
+pub const NETNS_STATE: MetricDef = def(
+    "netns_state",
+    GAUGE,
+    &["state"],
+    "Namespaces held by the kernel by state: new, active, parked, orphaned (held only by an fd, a socket or the kernel), terminating, dying (teardown stuck).",
+);
+pub const NETNS_AGE: MetricDef = def(
+    "netns_age_seconds",
+    GAUGE,
+    &["netns"],
+    "Age of a live namespace: since its creation, or since the agent first saw it (a lower bound) for older ones.",
+);
 pub const NAMESPACES_DROPPED: MetricDef = def(
     "netns_agent_namespaces_dropped_total",
     COUNTER,

@@ -44,6 +44,11 @@ impl MoveMaps {
         out.extend(failures.finish());
     }
 
+    /// Per namespace (cookie).
+    pub fn totals(&self) -> crate::api::Totals<MoveCounts> {
+        self.moves.iter().filter_map(Result::ok).collect()
+    }
+
     pub fn forget(&mut self, cookies: &HashSet<u64>) {
         for cookie in cookies {
             let _ = self.moves.remove(cookie);

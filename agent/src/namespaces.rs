@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use netns_agent_common::{lifecycle::NetnsRecord, routes::UNKNOWN_NETNS};
@@ -19,11 +19,38 @@ pub const UNKNOWN_LABEL: &str = "unknown";
 /// The `netns` label of namespaces past the tracking cap (`limits.tracked_namespaces`).
 pub const OVERFLOW_LABEL: &str = "overflow";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Namespace {
     pub inum: u32,
     /// When its teardown was seen; series stay for the grace period after it.
     pub destroyed_at: Option<Instant>,
+    /// When its teardown began, kernel boot time (compared with teardown batch ends).
+    pub destroyed_boot_ns: Option<u64>,
+    /// When the agent first knew it: its creation if the agent saw it, else discovery.
+    pub first_seen: SystemTime,
+    /// Its creation, when the agent saw it.
+    pub created: Option<Creation>,
+}
+
+/// Who created a namespace, resolved when it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Creation {
+    pub pid: u32,
+    pub comm: String,
+    pub container_id: String,
+    pub setup_ms: f64,
+}
+
+impl Namespace {
+    fn new(inum: u32) -> Self {
+        Self {
+            inum,
+            destroyed_at: None,
+            destroyed_boot_ns: None,
+            first_seen: SystemTime::now(),
+            created: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,16 +101,25 @@ impl NamespaceTable {
             self.by_cookie.remove(&previous);
             self.removed.push(previous);
         }
-        self.by_cookie.entry(cookie).or_insert(Namespace { inum, destroyed_at: None });
+        self.by_cookie.entry(cookie).or_insert_with(|| Namespace::new(inum));
     }
 
-    /// A namespace's teardown began.
-    pub fn destroyed(&mut self, cookie: u64, inum: u32, now: Instant) {
+    /// A namespace was created (after `alive`): records who did it and when.
+    pub fn created(&mut self, cookie: u64, at: SystemTime, creation: Creation) {
+        if let Some(ns) = self.by_cookie.get_mut(&cookie) {
+            ns.first_seen = at;
+            ns.created = Some(creation);
+        }
+    }
+
+    /// A namespace's teardown began (`boot_ns`: when, in kernel time).
+    pub fn destroyed(&mut self, cookie: u64, inum: u32, now: Instant, boot_ns: u64) {
         if self.refused.remove(&cookie) {
             return;
         }
-        let entry = self.by_cookie.entry(cookie).or_insert(Namespace { inum, destroyed_at: None });
+        let entry = self.by_cookie.entry(cookie).or_insert_with(|| Namespace::new(inum));
         entry.destroyed_at.get_or_insert(now);
+        entry.destroyed_boot_ns.get_or_insert(boot_ns);
         self.by_inum.entry(inum).or_insert(cookie);
     }
 
@@ -95,19 +131,21 @@ impl NamespaceTable {
             self.alive(*cookie, *inum);
         }
         self.refused.retain(|cookie| alive.contains_key(cookie));
+        let boot_ns = crate::clock::boot_ns();
         for (cookie, ns) in &mut self.by_cookie {
             if ns.destroyed_at.is_none() && !alive.contains_key(cookie) {
                 ns.destroyed_at = Some(now);
+                ns.destroyed_boot_ns = Some(boot_ns);
             }
         }
     }
 
-    /// Drops namespaces destroyed more than `grace` ago.
-    pub fn expire(&mut self, grace: Duration, now: Instant) {
+    /// Drops namespaces destroyed more than `grace` ago for which `finished` holds.
+    pub fn expire(&mut self, grace: Duration, now: Instant, finished: impl Fn(&Namespace) -> bool) {
         let expired: Vec<u64> = self
             .by_cookie
             .iter()
-            .filter(|(_, ns)| ns.destroyed_at.is_some_and(|t| now.duration_since(t) >= grace))
+            .filter(|(_, ns)| ns.destroyed_at.is_some_and(|t| now.duration_since(t) >= grace) && finished(ns))
             .map(|(cookie, _)| *cookie)
             .collect();
         for cookie in expired {
@@ -177,10 +215,10 @@ mod tests {
         let mut t = NamespaceTable::default();
         let t0 = Instant::now();
         t.alive(10, 500);
-        t.destroyed(10, 500, t0);
-        t.expire(Duration::from_secs(60), t0 + Duration::from_secs(59));
+        t.destroyed(10, 500, t0, 1);
+        t.expire(Duration::from_secs(60), t0 + Duration::from_secs(59), |_| true);
         assert!(t.label(10).is_some());
-        t.expire(Duration::from_secs(60), t0 + Duration::from_secs(60));
+        t.expire(Duration::from_secs(60), t0 + Duration::from_secs(60), |_| true);
         assert!(t.label(10).is_none());
         assert_eq!(t.take_removed(), vec![10]);
         assert!(t.take_removed().is_empty());
@@ -191,7 +229,7 @@ mod tests {
         let mut t = NamespaceTable::default();
         let t0 = Instant::now();
         t.alive(10, 500);
-        t.destroyed(10, 500, t0);
+        t.destroyed(10, 500, t0, 1);
         t.alive(11, 500);
         assert_eq!(t.label(11).as_deref(), Some("500"));
         assert_eq!(t.label(10), None, "two series must never share a netns label");
@@ -209,7 +247,7 @@ mod tests {
         assert_eq!(t.label(3).as_deref(), Some("overflow"));
         assert_eq!(t.dropped, 1);
         assert_eq!(t.len(), 2, "memory stays bounded by the cap");
-        t.destroyed(3, 503, Instant::now());
+        t.destroyed(3, 503, Instant::now(), 1);
         assert_eq!(t.label(3), None);
     }
 

@@ -72,6 +72,19 @@ impl RouteMaps {
         out.extend(f.finish());
     }
 
+    /// Per namespace (cookie): all lookups and the failed ones, over families and tables.
+    pub fn totals(&self) -> crate::api::Totals<(u64, u64)> {
+        let mut totals = crate::api::Totals::new();
+        for (key, per_cpu) in self.lookups.iter().filter_map(Result::ok) {
+            let entry: &mut (u64, u64) = totals.entry(key.cookie).or_default();
+            for counts in per_cpu.iter() {
+                entry.0 += counts.by_result.iter().sum::<u64>();
+                entry.1 += counts.by_result.iter().skip(result::HIT + 1).sum::<u64>();
+            }
+        }
+        totals
+    }
+
     /// Deletes the counters of namespaces whose series expired.
     pub fn forget(&mut self, cookies: &HashSet<u64>) {
         let keys: Vec<RouteKey> =

@@ -1,0 +1,152 @@
+//! The incident tools, end to end: journal, states, leak holders, API and CLI, events file.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use netns_agent_e2e::{Agent, NamedNetns, OrphanedNetns, agent_bin, run, unique, wait_for};
+use serde_json::Value;
+
+const FAST: &str = "attribution_interval_seconds = 1\nseries_grace_seconds = 30\n";
+
+fn events(agent: &Agent, netns: u64) -> Result<Vec<Value>> {
+    agent
+        .cli(&["events", "--json", "--netns", &netns.to_string()])?
+        .lines()
+        .map(|l| serde_json::from_str(l).context("an events line is not JSON"))
+        .collect()
+}
+
+fn namespace(agent: &Agent, netns: u64) -> Result<Option<Value>> {
+    let all: Vec<Value> = serde_json::from_str(&agent.cli(&["ls", "--json", "--interval", "0"])?)?;
+    Ok(all.into_iter().find(|ns| ns["netns"] == netns))
+}
+
+#[test]
+fn events_list_creation_move_and_teardown_in_order_with_who() -> Result<()> {
+    let agent = Agent::start_with_config(FAST)?;
+    // A process we know creates the namespace; `ip`, whose pid we know too, moves a device in.
+    let owner = netns_agent_e2e::HostileProcess::spawn(b"journal-owner")?;
+    let netns = owner.netns()?;
+    let veth = unique("jv");
+    run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &unique("jp")])?;
+    let mover = std::process::Command::new("ip")
+        .args(["link", "set", &veth, "netns", &owner.0.to_string()])
+        .spawn()?;
+    let mover_pid = mover.id();
+    ensure!(mover.wait_with_output()?.status.success(), "the move failed");
+    drop(owner); // its only process exits: the namespace dies (and the veth with it)
+    let list = wait_for("three events", Duration::from_secs(20), || {
+        let list = events(&agent, netns)?;
+        Ok((list.len() >= 3).then_some(list))
+    })?;
+    let kinds: Vec<&str> = list.iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
+    ensure!(kinds == ["netns_created", "device_moved", "netns_destroyed"], "{kinds:?}");
+    let created = &list[0];
+    ensure!(created["comm"] == "journal-owner", "{created}");
+    ensure!(created["pid"].as_u64().is_some_and(|p| p > 0), "{created}");
+    let moved = &list[1];
+    ensure!(moved["pid"] == mover_pid && moved["comm"] == "ip", "{moved}");
+    ensure!(moved["device"] == veth.as_str() && moved["to_netns"] == netns, "{moved}");
+    ensure!(list[2]["age_seconds"].as_f64().is_some_and(|a| a > 0.0), "{}", list[2]);
+    let seqs: Vec<u64> = list.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    // The text form says the same in one line each.
+    let text = agent.cli(&["events", "--netns", &netns.to_string()])?;
+    ensure!(text.lines().count() == 3 && text.contains("moved from netns"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn ls_and_show_describe_a_parked_namespace() -> Result<()> {
+    let agent = Agent::start_with_config(FAST)?;
+    let ns = NamedNetns::add("parked")?;
+    let inode = ns.inode()?;
+    let view = wait_for("the namespace parked", Duration::from_secs(10), || {
+        Ok(namespace(&agent, inode)?.filter(|v| v["state"] == "parked"))
+    })?;
+    ensure!(view["names"][0] == ns.name.as_str(), "{view}");
+    let table = agent.cli(&["ls", "--interval", "0.2", "--sort", "name"])?;
+    let row = table.lines().find(|l| l.starts_with(&inode.to_string())).context("no row")?;
+    ensure!(row.contains("parked") && row.contains(&ns.name), "{table}");
+    ensure!(
+        table.lines().next().is_some_and(|h| h.contains("LOOKUPS/S") && h.contains("FAILURES/S")),
+        "{table}"
+    );
+    let show = agent.cli(&["show", &ns.name])?;
+    ensure!(show.contains("state         parked") && !show.contains("netns_created"), "{show}");
+    ensure!(show.contains(&format!("netns {inode} created by pid")), "{show}");
+    let json: Value = serde_json::from_str(&agent.cli(&["show", "--json", &inode.to_string()])?)?;
+    ensure!(json["namespace"]["netns"] == inode && json["events"].is_array(), "{json}");
+    Ok(())
+}
+
+#[test]
+fn a_namespace_held_only_by_a_socket_is_orphaned_with_its_holder_then_gone() -> Result<()> {
+    let agent = Agent::start_with_config(FAST)?;
+    let orphan = OrphanedNetns::make()?;
+    let me = std::process::id();
+    let view = wait_for("the namespace orphaned with its holder", Duration::from_secs(15), || {
+        Ok(namespace(&agent, orphan.inode)?
+            .filter(|v| v["state"] == "orphaned" && v["holders"].as_array().is_some_and(|h| !h.is_empty())))
+    })?;
+    let holder = &view["holders"][0];
+    ensure!(holder["pid"] == me && holder["kind"] == "socket", "{view}");
+    let process_comm = std::fs::read_to_string("/proc/self/comm")?;
+    ensure!(holder["comm"] == process_comm.trim_end(), "{view}");
+    let show = agent.cli(&["show", &orphan.inode.to_string()])?;
+    ensure!(show.contains(&format!("pid {me}")) && show.contains("socket"), "{show}");
+    let m = agent.scrape()?;
+    ensure!(m.get("netns_state", &[("state", "orphaned")]) >= 1.0);
+    // Closing the socket releases the namespace.
+    let inode = orphan.inode;
+    drop(orphan);
+    wait_for("the namespace gone", Duration::from_secs(20), || {
+        Ok(namespace(&agent, inode)?.is_none_or(|v| v["state"] == "gone").then_some(()))
+    })?;
+    let kinds: Vec<String> =
+        events(&agent, inode)?.iter().map(|e| e["kind"].as_str().unwrap_or("").to_owned()).collect();
+    ensure!(kinds.last().map(String::as_str) == Some("netns_destroyed"), "{kinds:?}");
+    Ok(())
+}
+
+#[test]
+fn the_events_file_respects_its_cap() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("netns-agent-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("events.jsonl");
+    let agent = Agent::start_with_config(&format!(
+        "{FAST}events_file = \"{}\"\nevents_file_max_bytes = 4096\n",
+        path.display()
+    ))?;
+    let destroyed = agent.scrape()?.get("netns_destroyed_total", &[]);
+    for _ in 0..60 {
+        netns_agent_e2e::clone_newnet(false)?;
+    }
+    wait_for("the teardowns", Duration::from_secs(30), || {
+        Ok((agent.scrape()?.get("netns_destroyed_total", &[]) >= destroyed + 60.0).then_some(()))
+    })?;
+    let current = std::fs::metadata(&path)?.len();
+    let rotated = std::fs::metadata(dir.join("events.jsonl.1")).context("rotated file")?.len();
+    ensure!(current <= 4096 && rotated <= 4096, "{current} and {rotated} bytes, cap 4096");
+    for line in std::fs::read_to_string(&path)?.lines() {
+        let _: Value = serde_json::from_str(line).context("events file line")?;
+    }
+    drop(agent);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn on_call_commands_say_when_no_agent_answers() -> Result<()> {
+    let port = netns_agent_e2e::free_port();
+    for cmd in [&["ls"][..], &["events"], &["show", "1"]] {
+        let out = std::process::Command::new(agent_bin())
+            .args(cmd)
+            .args(["--agent", &format!("127.0.0.1:{port}")])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && stderr.lines().count() == 1, "{cmd:?}: {stderr}");
+        ensure!(stderr.contains("no agent answering") && stderr.contains("netns-agent run"), "{stderr}");
+    }
+    Ok(())
+}
