@@ -380,6 +380,7 @@ pub fn find_holders(
         return found;
     }
     let Ok(all) = procfs::process::all_processes_with_root(&sources.proc_root) else { return found };
+    let nsfs_dev = std::fs::metadata(sources.proc_root.join("self/ns/net")).ok().map(|m| m.dev());
     for proc in all.flatten() {
         let pid = proc.pid;
         drop(proc);
@@ -393,15 +394,17 @@ pub fn find_holders(
             let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             let Ok(link) = std::fs::read_link(fd.path()) else { continue };
             let link = link.to_string_lossy();
-            let (inum, kind) =
-                if let Some(inum) = link.strip_prefix("net:[").and_then(|l| l.strip_suffix(']')) {
-                    (inum.parse().ok(), "netns fd")
-                } else if link.starts_with("socket:[") {
-                    let pidfd = pidfd.get_or_insert_with(|| open_pidfd(pid));
-                    (pidfd.as_ref().and_then(|p| socket_netns(p, fd_num)), "socket")
-                } else {
-                    continue;
-                };
+            let (inum, kind) = if link.starts_with("socket:[") {
+                let pidfd = pidfd.get_or_insert_with(|| open_pidfd(pid));
+                (pidfd.as_ref().and_then(|p| socket_netns(p, fd_num)), "socket")
+            } else {
+                // An nsfs file, however it was opened (/proc/PID/ns/net, an ip netns path
+                // since unmounted): stat through the fd, which opens nothing.
+                match std::fs::metadata(fd.path()) {
+                    Ok(meta) if Some(meta.dev()) == nsfs_dev => (u32::try_from(meta.ino()).ok(), "netns fd"),
+                    _ => continue,
+                }
+            };
             if let Some(inum) = inum.filter(|i| targets.contains(i)) {
                 found.entry(inum).or_default().push(Holder { pid, comm: comm.clone(), fd: fd_num, kind });
             }

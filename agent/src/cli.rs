@@ -85,6 +85,9 @@ pub struct LsArgs {
     /// Seconds between the two samples the rates come from (0: no rates).
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub interval: f64,
+    /// Also list namespaces already torn down (kept for the series grace period).
+    #[arg(long, short)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]

@@ -57,11 +57,15 @@ pub fn on_call(command: cli::Command) -> anyhow::Result<()> {
     match command {
         cli::Command::Ls(args) => {
             let c = client::Client::new(&args.agent.agent);
-            let first = c.namespaces()?;
+            let keep = |mut all: Vec<api::NamespaceView>| {
+                all.retain(|ns| args.all || ns.state != states::State::Gone.as_str());
+                all
+            };
+            let first = keep(c.namespaces()?);
             let first_at = Instant::now();
             let (second, seconds) = if args.interval > 0.0 {
                 std::thread::sleep(Duration::from_secs_f64(args.interval));
-                (c.namespaces()?, first_at.elapsed().as_secs_f64())
+                (keep(c.namespaces()?), first_at.elapsed().as_secs_f64())
             } else {
                 (first.clone(), 0.0)
             };
