@@ -238,7 +238,12 @@ pub fn cni_pods(sources: &Sources) -> Vec<CniPod> {
         .flatten()
         .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
         .filter_map(|text| parse_cni_result(&text))
-        .filter_map(|(netns_path, pod)| Some(CniPod { inum: netns_inode(Path::new(&netns_path))?, ..pod }))
+        .filter_map(|(netns_path, pod)| {
+            // In a container the host's netns files are under /proc/1/root (hostPID).
+            let on_host = sources.proc_root.join("1/root").join(netns_path.trim_start_matches('/'));
+            let inum = netns_inode(Path::new(&netns_path)).or_else(|| netns_inode(&on_host))?;
+            Some(CniPod { inum, ..pod })
+        })
         .collect()
 }
 

@@ -1,0 +1,303 @@
+//! Prometheus and Grafana for real: the dashboards and rules against a live Prometheus
+//! (Debian's `prometheus` package) scraping the agent every second, and the deployment
+//! files checked with the tools that can check them here. Runs on the host only: one real
+//! Prometheus is enough, and the VM tier is about kernels.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use netns_agent_e2e::{
+    Agent, NamedNetns, RouterTopology, free_port, promtool_check, run, send_udp, unique, wait_for,
+};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn dashboards() -> Result<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo().join("dashboards"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            out.push((path.file_name().unwrap().to_string_lossy().into_owned(), value));
+        }
+    }
+    ensure!(out.len() >= 3, "expected the overview, namespace and health dashboards");
+    Ok(out)
+}
+
+/// Every (dashboard, panel title, expression) of every dashboard.
+fn panel_queries() -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for (file, dash) in dashboards()? {
+        for panel in dash["panels"].as_array().context("panels")? {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().context("a target without expr")?;
+                out.push((file.clone(), panel["title"].as_str().unwrap_or("").to_owned(), expr.to_owned()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn dashboards_are_valid_grafana_dashboards() -> Result<()> {
+    for (file, dash) in dashboards()? {
+        ensure!(dash["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "{file}: schemaVersion");
+        ensure!(dash["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40), "{file}: uid");
+        ensure!(dash["title"].as_str().is_some_and(|t| !t.is_empty()), "{file}: title");
+        let vars = dash["templating"]["list"].as_array().context("templating")?;
+        let names: Vec<&str> = vars.iter().filter_map(|v| v["name"].as_str()).collect();
+        ensure!(names.contains(&"datasource") && names.contains(&"instance"), "{file}: variables {names:?}");
+        let datasource = vars.iter().find(|v| v["name"] == "datasource").unwrap();
+        ensure!(datasource["type"] == "datasource" && datasource["query"] == "prometheus", "{file}");
+        let mut ids = BTreeSet::new();
+        for panel in dash["panels"].as_array().context("panels")? {
+            let id = panel["id"].as_u64().context("panel id")?;
+            ensure!(ids.insert(id), "{file}: duplicate panel id {id}");
+            ensure!(
+                panel["gridPos"]["w"].as_u64().is_some_and(|w| w > 0 && w <= 24),
+                "{file}: gridPos of {id}"
+            );
+            if panel["type"] == "row" {
+                continue;
+            }
+            let uses_variable = |ds: &Value| ds["uid"] == "${datasource}" && ds["type"] == "prometheus";
+            ensure!(uses_variable(&panel["datasource"]), "{file}: panel {id} data source is not $datasource");
+            for target in panel["targets"].as_array().context("targets")? {
+                ensure!(uses_variable(&target["datasource"]), "{file}: a target of panel {id}");
+            }
+        }
+        for var in vars.iter().filter(|v| v["type"] == "query") {
+            ensure!(var["datasource"]["uid"] == "${datasource}", "{file}: variable {}", var["name"]);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rules_pass_promtool_and_their_unit_tests() -> Result<()> {
+    let dir = repo().join("deploy/prometheus");
+    run("promtool", &["check", "rules", dir.join("rules.yml").to_str().unwrap()])?;
+    let out =
+        Command::new("promtool").args(["test", "rules", "rules_test.yml"]).current_dir(&dir).output()?;
+    ensure!(out.status.success(), "promtool test rules: {}", String::from_utf8_lossy(&out.stdout));
+    run("promtool", &["check", "config", dir.join("prometheus.yml").to_str().unwrap()])?;
+    // Every alert has a unit test.
+    let rules = std::fs::read_to_string(dir.join("rules.yml"))?;
+    let tests = std::fs::read_to_string(dir.join("rules_test.yml"))?;
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        ensure!(tests.contains(&format!("alertname: {alert}")), "no promtool test for {alert}");
+    }
+    Ok(())
+}
+
+fn yaml_docs(path: &Path) -> Result<Vec<yaml_rust2::Yaml>> {
+    yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(path)?)
+        .with_context(|| format!("{} is not YAML", path.display()))
+}
+
+#[test]
+fn deployment_files_reference_the_right_port_paths_and_capabilities() -> Result<()> {
+    let docs = yaml_docs(&repo().join("deploy/kubernetes/netns-agent.yaml"))?;
+    let kind =
+        |k: &str| docs.iter().find(|d| d["kind"].as_str() == Some(k)).with_context(|| format!("no {k}"));
+    let ds = kind("DaemonSet")?;
+    let pod = &ds["spec"]["template"]["spec"];
+    ensure!(pod["hostPID"].as_bool() == Some(true), "hostPID");
+    let container = &pod["containers"][0];
+    ensure!(container["ports"][0]["containerPort"].as_i64() == Some(19110), "container port");
+    let args: Vec<&str> =
+        container["args"].as_vec().context("args")?.iter().filter_map(|a| a.as_str()).collect();
+    ensure!(args.windows(2).any(|w| w == ["--listen", "0.0.0.0:19110"]), "{args:?}");
+    let caps: Vec<&str> = container["securityContext"]["capabilities"]["add"]
+        .as_vec()
+        .context("capabilities")?
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    for cap in ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"] {
+        ensure!(caps.contains(&cap), "missing capability {cap}: {caps:?}");
+    }
+    ensure!(container["securityContext"]["privileged"].as_bool() == Some(false), "not privileged");
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_vec()
+        .context("volumes")?
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    for path in ["/sys/kernel/tracing", "/var/lib/cni/results"] {
+        ensure!(host_paths.contains(&path), "hostPath {path} missing: {host_paths:?}");
+    }
+    let svc = kind("Service")?;
+    ensure!(svc["spec"]["ports"][0]["port"].as_i64() == Some(19110), "service port");
+    ensure!(svc["spec"]["ports"][0]["targetPort"].as_str() == Some("metrics"), "service target port");
+    let sm = kind("ServiceMonitor")?;
+    ensure!(sm["spec"]["endpoints"][0]["port"].as_str() == Some("metrics"), "ServiceMonitor port");
+    ensure!(sm["spec"]["endpoints"][0]["path"].as_str() == Some("/metrics"), "ServiceMonitor path");
+    // The systemd unit, with the binary built here in place of the installed one.
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/netns-agent.service"))?;
+    ensure!(unit.contains("--listen 0.0.0.0:19110"), "systemd unit port");
+    let dir = std::env::temp_dir().join(format!("netns-agent-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("netns-agent.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/netns-agent", netns_agent_e2e::agent_bin().to_str().unwrap()),
+    )?;
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().context("systemd-analyze")?;
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Debian's Prometheus on loopback, scraping the agent every second; stopped on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(agent_port: u16) -> Result<Self> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("netns-agent-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: netns-agent\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n",
+                repo().join("deploy/prometheus/rules.yml").display()
+            ),
+        )?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+            .spawn()
+            .context("starting prometheus (Debian package prometheus)")?;
+        let prometheus = Self { child, port, dir };
+        wait_for("Prometheus to be ready", Duration::from_secs(60), || {
+            Ok(netns_agent_e2e::http_get(port, "/-/ready").ok().map(|_| ()))
+        })?;
+        Ok(prometheus)
+    }
+
+    fn api(&self, path: &str) -> Result<Value> {
+        let body = netns_agent_e2e::http_get(self.port, path)?;
+        let value: Value = serde_json::from_str(&body)?;
+        if value["status"] != "success" {
+            bail!("{path}: {value}");
+        }
+        Ok(value["data"].clone())
+    }
+
+    fn query(&self, expr: &str) -> Result<Vec<Value>> {
+        let data = self.api(&format!("/api/v1/query?query={}", urlencode(expr)))?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A dashboard expression with Grafana's variables replaced as Grafana would.
+fn concrete(expr: &str, netns: &str) -> String {
+    expr.replace("$__rate_interval", "1m").replace("$instance", ".*").replace("$netns", netns)
+}
+
+#[test]
+fn every_dashboard_query_and_rule_works_against_a_live_prometheus() -> Result<()> {
+    let agent = Agent::start()?;
+    let prometheus = Prometheus::start(agent.port)?;
+    // The workload: namespaces come and go, a device moves, traffic with and without routes,
+    // a failed creation, so every panel has something to show.
+    let topo = RouterTopology::new()?;
+    let named = NamedNetns::add("prom")?;
+    let veth = unique("pv");
+    run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &unique("pp")])?;
+    // Into the router: the drill-down dashboard looks at it, moves and lookups both.
+    run("ip", &["link", "set", &veth, "netns", &topo.r.name])?;
+    netns_agent_e2e::failing_creations(1, 0)?;
+    for _ in 0..20 {
+        netns_agent_e2e::clone_newnet(false)?;
+    }
+    for round in 0..8 {
+        send_udp(&topo.a.name, "10.77.2.2:9", 100)?;
+        send_udp(&topo.a.name, "10.99.0.1:9", 100)?;
+        if round == 4 {
+            let failed = agent.get("/metrics")?;
+            let problems = promtool_check(&failed)?;
+            ensure!(problems.is_empty(), "promtool check metrics: {problems}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let netns = topo.r.inode()?.to_string();
+    // Enough scrapes for rate() over 1m windows.
+    wait_for("scrapes to accumulate", Duration::from_secs(60), || {
+        let up = prometheus.query("count_over_time(up{job=\"netns-agent\"}[1m])")?;
+        Ok(up
+            .first()
+            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+            .filter(|n| *n >= 10.0)
+            .map(|_| ()))
+    })?;
+
+    let mut empty = Vec::new();
+    for (file, panel, expr) in panel_queries()? {
+        let expr = concrete(&expr, &netns);
+        let result = prometheus.query(&expr).with_context(|| format!("{file} / {panel}: {expr}"))?;
+        if result.is_empty() {
+            empty.push(format!("{file} / {panel}: {expr}"));
+        }
+    }
+    ensure!(empty.is_empty(), "dashboard queries with no data under the workload:\n{}", empty.join("\n"));
+
+    // Every rule loaded, evaluated without error; recording rules produce data.
+    let groups = wait_for("the rules to be evaluated", Duration::from_secs(30), || {
+        let groups = prometheus.api("/api/v1/rules")?["groups"].as_array().cloned().unwrap_or_default();
+        let evaluated = groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
+        Ok((evaluated && !groups.is_empty()).then_some(groups))
+    })?;
+    let mut count = 0;
+    for rule in groups.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()) {
+        count += 1;
+        ensure!(rule["health"] == "ok", "rule {}: {} {}", rule["name"], rule["health"], rule["lastError"]);
+        if rule["type"] == "recording" {
+            let name = rule["name"].as_str().unwrap_or("");
+            ensure!(!prometheus.query(name)?.is_empty(), "recording rule {name} has no data");
+        }
+    }
+    ensure!(count >= 10, "only {count} rules loaded");
+    Ok(())
+}
