@@ -240,7 +240,7 @@ fn every_dashboard_query_and_rule_works_against_a_live_prometheus() -> Result<()
     // The workload: namespaces come and go, a device moves, traffic with and without routes,
     // a failed creation, so every panel has something to show.
     let topo = RouterTopology::new()?;
-    let named = NamedNetns::add("prom")?;
+    let _parked = NamedNetns::add("prom")?;
     let veth = unique("pv");
     run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &unique("pp")])?;
     // Into the router: the drill-down dashboard looks at it, moves and lookups both.
