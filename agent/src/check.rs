@@ -96,3 +96,29 @@ fn mode_summary(outcomes: &[attach::ProbeOutcome], mode: Mode) -> String {
         Some(why) => format!("partly available: {why}"),
     }
 }
+
+/// Attaches the empty program on `fib_table_lookup` and waits for SIGINT/SIGTERM.
+pub fn bench_floor(settings: &Settings) -> anyhow::Result<()> {
+    use aya::programs::BtfTracePoint;
+    let Prepared { mut ebpf, btf, .. } = agent::prepare(settings)?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("bench_empty_fib")
+        .ok_or_else(|| anyhow::anyhow!("bench_empty_fib missing from the object"))?
+        .try_into()?;
+    program.load("fib_table_lookup", &btf)?;
+    program.attach()?;
+    println!("attached bench_empty_fib");
+    let mut signals = [libc::SIGINT, libc::SIGTERM];
+    // SAFETY: a signal set built and waited on by this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in &mut signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut got = 0;
+        libc::sigwait(&set, &mut got);
+    }
+    Ok(())
+}

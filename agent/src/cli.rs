@@ -37,6 +37,10 @@ pub enum Command {
     Show(ShowArgs),
     /// The journal: namespaces created and destroyed, devices moved, setup failures.
     Events(EventsArgs),
+    /// Attach only the empty reference program on fib_table_lookup until SIGINT/SIGTERM
+    /// (the floor `cargo xtask bench` measures the route-lookup program against).
+    #[command(hide = true)]
+    BenchFloor(CommonArgs),
 }
 
 #[derive(Debug, Args)]

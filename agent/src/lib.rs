@@ -106,7 +106,9 @@ pub fn on_call(command: cli::Command) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        cli::Command::Run(_) | cli::Command::Check(_) => unreachable!("not an on-call command"),
+        cli::Command::Run(_) | cli::Command::Check(_) | cli::Command::BenchFloor(_) => {
+            unreachable!("not an on-call command")
+        }
     }
     Ok(())
 }

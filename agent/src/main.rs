@@ -29,6 +29,9 @@ fn main() -> ExitCode {
             .map_err(Into::into)
             .and_then(|settings| netns_agent::check::run(&settings))
             .map(|report| print!("{report}")),
+        Command::BenchFloor(args) => netns_agent::settings(&args, None, None)
+            .map_err(Into::into)
+            .and_then(|settings| netns_agent::check::bench_floor(&settings)),
         other => netns_agent::on_call(other),
     };
     match result {

@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "atomic_xadd: the BPF target has no atomic types")]
 
+mod bench;
 mod events;
 mod inventory;
 mod kernel;

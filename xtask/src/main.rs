@@ -3,6 +3,7 @@
 //! Every command first installs what it needs (idempotent, quick when already there), so
 //! the same commands work on a fresh machine and in CI.
 
+mod bench;
 mod setup;
 mod test;
 mod util;
@@ -32,6 +33,9 @@ enum Command {
     /// Run every test: lint, unit tests, end-to-end tests on this kernel (tracepoint mode)
     /// and in VMs running Debian's 6.1 and 6.12 kernels (kprobe and fentry modes).
     Test(test::TestArgs),
+    /// Measure the agent's cost (per event, per packet, user space) against an empty program
+    /// and bpftrace; prints a table and writes BENCHMARKS.md. Never fails on slow numbers.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,5 +76,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
