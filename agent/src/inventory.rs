@@ -52,8 +52,7 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InventoryError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| InventoryError::Map(name, "missing".into()))?;
-    T::try_from(map).map_err(|err| InventoryError::Map(name, err.to_string()))
+    crate::maps::take(ebpf, name).map_err(|err| InventoryError::Map(err.name, err.reason))
 }
 
 impl Inventory {

@@ -1,5 +1,5 @@
-//! Namespace lifecycle in user space: the kernel's counters for `/metrics`, and a line per
-//! event for the log (kernel side: `ebpf/src/lifecycle.rs`).
+//! Namespace lifecycle in user space: the kernel's counters for `/metrics` (kernel side:
+//! `ebpf/src/lifecycle.rs`); each event also reaches the journal through the event stream.
 
 use aya::{
     Ebpf,
@@ -7,8 +7,7 @@ use aya::{
 };
 use netns_agent_common::{
     COMM_LEN,
-    events::kind,
-    lifecycle::{LifecycleEvent, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter},
+    lifecycle::{SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter},
 };
 use prometheus::proto::MetricFamily;
 
@@ -77,38 +76,5 @@ impl LifecycleMaps {
             .into_iter()
             .flatten(),
         );
-    }
-}
-
-/// A one-line description of an event for the log.
-pub fn describe(event: &LifecycleEvent) -> String {
-    let comm = labels::from_kernel(&event.comm);
-    match event.kind {
-        kind::NETNS_CREATED => format!(
-            "netns {} created by pid {} ({comm:?}) in {:.3} ms",
-            event.inum,
-            event.pid,
-            event.duration_ns as f64 / 1e6
-        ),
-        kind::NETNS_DESTROYED => format!("netns {} teardown began", event.inum),
-        kind::NETNS_SETUP_FAILED => {
-            format!("netns creation by pid {} ({comm:?}) failed: errno {}", event.pid, -event.error)
-        }
-        other => format!("unknown lifecycle event kind {other}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_describe_themselves_in_one_line() {
-        let mut event = LifecycleEvent::new(kind::NETNS_CREATED);
-        event.inum = 4026532000;
-        event.pid = 42;
-        event.comm[..2].copy_from_slice(b"ip");
-        event.duration_ns = 1_500_000;
-        assert_eq!(describe(&event), "netns 4026532000 created by pid 42 (\"ip\") in 1.500 ms");
     }
 }

@@ -1,5 +1,5 @@
-//! Device moves in user space: per-namespace counters for `/metrics` and a line per move in
-//! the log (kernel side: `ebpf/src/moves.rs`).
+//! Device moves in user space: per-namespace counters for `/metrics` (kernel side:
+//! `ebpf/src/moves.rs`); each move also reaches the journal through the event stream.
 
 use std::collections::HashSet;
 
@@ -7,14 +7,10 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use netns_agent_common::{
-    events::kind,
-    moves::{MoveCounts, MoveEvent},
-};
+use netns_agent_common::moves::MoveCounts;
 use prometheus::proto::MetricFamily;
 
 use crate::{
-    labels,
     maps::{MapError, take},
     metrics,
     namespaces::NamespaceTable,
@@ -53,22 +49,5 @@ impl MoveMaps {
         for cookie in cookies {
             let _ = self.moves.remove(cookie);
         }
-    }
-}
-
-/// A one-line description of a move for the log.
-pub fn describe(event: &MoveEvent) -> String {
-    let name = labels::from_kernel(&event.name);
-    let comm = labels::from_kernel(&event.comm);
-    if event.kind == kind::DEVICE_MOVED {
-        format!(
-            "device {name:?} (ifindex {} -> {}) moved from netns {} to netns {} by pid {} ({comm:?})",
-            event.ifindex, event.new_ifindex, event.from_inum, event.to_inum, event.pid
-        )
-    } else {
-        format!(
-            "device {name:?} (ifindex {}) failed to leave netns {} (pid {} {comm:?}, error {})",
-            event.ifindex, event.from_inum, event.pid, event.error
-        )
     }
 }

@@ -13,13 +13,13 @@ use prometheus::proto::MetricFamily;
 
 use crate::{
     attribution::{self, Holder, Owner, Sources},
-    clock,
+    client, clock,
     events::Event,
     journal::{self, Entry, Journal},
     labels,
-    lifecycle::{self, LifecycleMaps},
+    lifecycle::LifecycleMaps,
     metrics,
-    moves::{self, MoveMaps},
+    moves::MoveMaps,
     namespaces::{Creation, NamespaceTable},
     probes::Mode,
     routes::RouteMaps,
@@ -169,7 +169,6 @@ impl AgentState {
     pub fn on_event(&self, event: Event) {
         match event {
             Event::Lifecycle(e) => {
-                log::debug!("{}", lifecycle::describe(&e));
                 let entry = match e.kind {
                     kind::NETNS_CREATED => self.created(&e),
                     kind::NETNS_DESTROYED => self.destroyed(&e),
@@ -179,11 +178,13 @@ impl AgentState {
                         ..self.entry_base(e.ts_ns, e.pid, &e.comm)
                     },
                 };
+                log::debug!("{}", client::event_line(&entry));
                 lock(&self.journal).push(entry);
             }
             Event::Move(e) => {
-                log::info!("{}", moves::describe(&e));
-                lock(&self.journal).push(self.move_entry(&e));
+                let entry = self.move_entry(&e);
+                log::info!("{}", client::event_line(&entry));
+                lock(&self.journal).push(entry);
             }
         }
     }
