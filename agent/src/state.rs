@@ -163,6 +163,9 @@ impl AgentState {
         };
         let holders = attribution::find_holders(&self.sources, &orphaned);
         *lock(&self.ownership) = Ownership { owners, holders, scanned: Some(started) };
+        // A scan allocates and frees a map per process; give the pages back to the system.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
     }
 
     /// Applies one kernel event: namespace table, attribution, journal.
