@@ -102,3 +102,69 @@ fn the_agent_keeps_no_namespace_alive() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Moves device `ifindex` into the namespace of `netns_fd` the way Go CNI plugins do: one
+/// RTM_NEWLINK request with IFLA_NET_NS_FD, sent with sendto(2) to a `sockaddr_nl`.
+fn move_with_sendto(ifindex: i32, netns_fd: i32) -> Result<()> {
+    const RTM_NEWLINK: u16 = 16;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const IFLA_NET_NS_FD: u16 = 28;
+    let mut msg = Vec::new();
+    let len: u32 = 16 + 16 + 8;
+    msg.extend_from_slice(&len.to_ne_bytes());
+    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    msg.extend_from_slice(&[0u8; 4]); // family, pad, type
+    msg.extend_from_slice(&ifindex.to_ne_bytes());
+    msg.extend_from_slice(&[0u8; 8]); // flags, change
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_NET_NS_FD.to_ne_bytes());
+    msg.extend_from_slice(&netns_fd.to_ne_bytes());
+    // SAFETY: plain socket calls on buffers that outlive them; the fd is closed at the end.
+    unsafe {
+        let sock = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        ensure!(sock >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let sent = libc::sendto(
+            sock,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        );
+        let mut ack = [0u8; 256];
+        let got = libc::recv(sock, ack.as_mut_ptr().cast(), ack.len(), 0);
+        libc::close(sock);
+        ensure!(sent == msg.len() as isize && got >= 36, "sendto {sent}, ack {got}");
+        let error = i32::from_ne_bytes([ack[16], ack[17], ack[18], ack[19]]);
+        ensure!(error == 0, "the kernel refused the move: errno {}", -error);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_move_requested_with_sendto_counts_like_any_other() -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let agent = Agent::start()?;
+    let x = NamedNetns::add("mt")?;
+    let (host, xi) = (host_netns()?, x.inode()?);
+    let veth = Veth::new()?;
+    let ifindex: i32 =
+        std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", veth.0))?.trim().parse()?;
+    let target = std::fs::File::open(format!("/run/netns/{}", x.name))?;
+    let before = agent.scrape()?;
+    move_with_sendto(ifindex, target.as_raw_fd())?;
+    drop(target);
+    let after = wait_for("the move", std::time::Duration::from_secs(10), || {
+        let m = agent.scrape()?;
+        Ok((moves(&m, xi, "in") > moves(&before, xi, "in")).then_some(m))
+    })?;
+    ensure!(moves(&after, xi, "in") - moves(&before, xi, "in") == 1.0, "x in");
+    ensure!(moves(&after, host, "out") - moves(&before, host, "out") == 1.0, "host out");
+    Ok(())
+}

@@ -29,7 +29,10 @@ use crate::{
 /// Everything start-up learns about the kernel, and the loaded (not yet attached) object.
 pub struct Prepared {
     pub release: String,
-    pub layout: KernelLayout,
+    /// The BTF file the offsets came from.
+    pub btf_path: std::path::PathBuf,
+    /// Functions the BTF describes, among those the probes hook.
+    pub btf_functions: std::collections::HashSet<String>,
     pub fields: Vec<ResolvedField>,
     pub btf: Btf,
     pub ebpf: Ebpf,
@@ -45,12 +48,19 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     host::check_kernel_version(&release)?;
     let layout = KernelLayout::open(&settings.btf)?;
     let (offsets, fields) = layout.resolve();
+    let btf_functions = crate::probes::all_functions()
+        .into_iter()
+        .filter(|f| layout.has_function(f))
+        .map(str::to_owned)
+        .collect();
+    // Two parses of the kernel BTF (tens of MiB each) must not be alive at once.
+    drop(layout);
     let btf = Btf::parse_file(&settings.btf, Endianness::default())
         .with_context(|| format!("cannot parse BTF {}", settings.btf.display()))?;
     let kallsyms = host::kallsyms_functions(&crate::probes::all_functions());
     let cleanup_net = kallsyms.get("cleanup_net").copied().unwrap_or(0);
     let ebpf = loader::load(&offsets, cleanup_net, &btf, &settings.limits)?;
-    Ok(Prepared { release, layout, fields, btf, ebpf, kallsyms })
+    Ok(Prepared { release, btf_path: settings.btf.clone(), btf_functions, fields, btf, ebpf, kallsyms })
 }
 
 /// The start-up log line for one probe.
@@ -70,22 +80,22 @@ pub fn outcome_line(outcome: &ProbeOutcome) -> String {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Bind first: a taken port should fail before any probe touches the kernel.
     let listener = crate::http::bind(settings.listen).await?;
-    let Prepared { release, layout, fields, btf, mut ebpf, kallsyms } = prepare(&settings)?;
+    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } = prepare(&settings)?;
     log::info!(
         "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved)",
         env!("CARGO_PKG_VERSION"),
-        layout.path().display(),
+        btf_path.display(),
         fields.iter().filter(|f| f.found.is_some()).count(),
         fields.len()
     );
 
     let outcomes = {
-        let kernel = KernelView::new(&btf, &layout, &fields, kallsyms);
+        let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
         attach::attach_all(&mut ebpf, &kernel, settings.attach, false)
     };
     // The parsed kernel BTF (tens of MiB) is only needed to load and attach; hand the memory
     // back to the system rather than keep it in the allocator's free lists.
-    drop((layout, btf, fields));
+    drop((btf, btf_functions, fields));
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
     for outcome in &outcomes {

@@ -2,7 +2,7 @@
 //! the forced mode) until one attaches completely. A probe that cannot attach is reported
 //! and skipped; it never stops the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     Btf, Ebpf,
@@ -11,7 +11,7 @@ use aya::{
 
 use crate::{
     host,
-    kernel_layout::{KernelLayout, ResolvedField},
+    kernel_layout::ResolvedField,
     probes::{Hook, Mode, PROBES, ProbeSpec, Variant},
 };
 
@@ -37,7 +37,8 @@ pub struct ProbeOutcome {
 /// What the engine knows about the kernel.
 pub struct KernelView<'a> {
     pub btf: &'a Btf,
-    pub layout: &'a KernelLayout,
+    /// Functions the kernel's BTF describes (fentry/fexit targets), among those the probes use.
+    pub btf_functions: &'a HashSet<String>,
     pub fields: &'a [ResolvedField],
     /// Kernel functions by name, with their addresses.
     pub kallsyms: HashMap<String, u64>,
@@ -49,13 +50,13 @@ pub struct KernelView<'a> {
 impl<'a> KernelView<'a> {
     pub fn new(
         btf: &'a Btf,
-        layout: &'a KernelLayout,
+        btf_functions: &'a HashSet<String>,
         fields: &'a [ResolvedField],
         kallsyms: HashMap<String, u64>,
     ) -> Self {
         Self {
             btf,
-            layout,
+            btf_functions,
             fields,
             kallsyms,
             tracefs: host::ensure_tracefs(),
@@ -149,13 +150,13 @@ fn attach_hook(ebpf: &mut Ebpf, kernel: &KernelView<'_>, hook: &Hook) -> Result<
     let context = |what: &str, err: ProgramError| format!("{what}: {}", describe(&err));
     match *hook {
         Hook::Fentry { .. } => {
-            let function = pick_function(hook, |f| kernel.layout.has_function(f), "BTF")?;
+            let function = pick_function(hook, |f| kernel.btf_functions.contains(f), "BTF")?;
             let p: &mut FEntry = program.try_into().map_err(|e| context("program type", e))?;
             p.load(function, kernel.btf).map_err(|e| context(&format!("fentry {function} load"), e))?;
             p.attach().map_err(|e| context(&format!("fentry {function} attach"), e))?;
         }
         Hook::Fexit { .. } => {
-            let function = pick_function(hook, |f| kernel.layout.has_function(f), "BTF")?;
+            let function = pick_function(hook, |f| kernel.btf_functions.contains(f), "BTF")?;
             let p: &mut FExit = program.try_into().map_err(|e| context("program type", e))?;
             p.load(function, kernel.btf).map_err(|e| context(&format!("fexit {function} load"), e))?;
             p.attach().map_err(|e| context(&format!("fexit {function} attach"), e))?;

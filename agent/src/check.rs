@@ -13,8 +13,9 @@ use crate::{
 };
 
 pub fn run(settings: &Settings) -> anyhow::Result<String> {
-    let Prepared { release, layout, fields, btf, mut ebpf, kallsyms } = agent::prepare(settings)?;
-    let kernel = KernelView::new(&btf, &layout, &fields, kallsyms);
+    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
+        agent::prepare(settings)?;
+    let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
     let outcomes = attach::attach_all(&mut ebpf, &kernel, Policy::Auto, true);
 
     let mut out = String::new();
@@ -23,7 +24,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
     let _ = writeln!(
         out,
         "BTF           {}: present, {resolved} of {} fields resolved{}",
-        layout.path().display(),
+        btf_path.display(),
         fields.len(),
         missing_fields(&fields)
     );

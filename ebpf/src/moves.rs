@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use netns_agent_common::{
@@ -42,6 +42,11 @@ static DEVICE_MOVES: HashMap<u64, MoveCounts> = HashMap::with_max_entries(32768,
 /// Moves in flight, by thread.
 #[map]
 static PENDING_MOVES: LruHashMap<u32, PendingMove> = LruHashMap::with_max_entries(1024, 0);
+
+/// How many moves are in flight (slot 0): lets the syscall-exit probe of tracepoint mode,
+/// which runs for every sendmsg/sendto, skip the lookup when there are none.
+#[map]
+static IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn tid() -> u32 {
@@ -70,19 +75,32 @@ fn begin(dev: u64) -> Result<(), i64> {
         name: [0; IFNAME_LEN],
     };
     pending.name = read(dev, offset!(netdev_name)).unwrap_or([0; IFNAME_LEN]);
-    PENDING_MOVES.insert(tid(), pending, 0).map_err(i64::from)
+    PENDING_MOVES.insert(tid(), pending, 0).map_err(i64::from)?;
+    if let Some(n) = IN_FLIGHT.get_ptr_mut(0) {
+        atomic_add(n, 1);
+    }
+    Ok(())
 }
 
 /// Ends this thread's move. `error` is the kernel's return value where the mode sees it
 /// (`error_known`); the device's namespace afterwards says whether it moved.
 #[inline(always)]
 fn end(error: i32, error_known: bool) {
+    // The fast path for every other sendmsg/sendto of the system: no move in flight anywhere.
+    match IN_FLIGHT.get(0) {
+        Some(0) | None => return,
+        Some(_) => {}
+    }
     let tid = tid();
     // SAFETY: copied out before the remove.
     let Some(pending) = (unsafe { PENDING_MOVES.get(tid) }).copied() else {
         return;
     };
-    let _ = PENDING_MOVES.remove(tid);
+    if PENDING_MOVES.remove(tid).is_ok()
+        && let Some(n) = IN_FLIGHT.get_ptr_mut(0)
+    {
+        atomic_add(n, u64::MAX);
+    }
     let to_net: u64 = read(pending.dev, offset!(netdev_nd_net)).unwrap_or(0);
     let to_cookie: u64 = read(to_net, offset!(net_cookie)).unwrap_or(0);
     let moved = to_cookie != 0 && to_cookie != pending.from_cookie;
@@ -157,6 +175,9 @@ const MSGHDR_IOV: u64 = 16;
 const NLMSG_HDRLEN: u64 = 16;
 const IFINFOMSG_LEN: u64 = 16;
 const MAX_ATTRS: usize = 24;
+/// `addr_len`, the sixth argument of sendto, and `sizeof(struct sockaddr_nl)`.
+const SENDTO_ADDR_LEN: usize = 56;
+const SOCKADDR_NL_LEN: u64 = 12;
 const NETDEV_HASH_MASK: u32 = 255;
 
 /// The `struct sock *` behind file descriptor `fd` of the current task.
@@ -287,6 +308,14 @@ pub fn moves_sendmsg_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn moves_sendto_enter(ctx: TracePointContext) -> u32 {
+    // sendto(fd, buff, len, flags, addr, addr_len): a request to the kernel over netlink
+    // names no address or a `struct sockaddr_nl` (12 bytes); UDP and the like name an
+    // address of another size, and are passed by without reading their data.
+    // SAFETY: offsets inside the tracepoint record.
+    let addr_len: u64 = unsafe { ctx.read_at(SENDTO_ADDR_LEN) }.unwrap_or(0);
+    if addr_len != 0 && addr_len != SOCKADDR_NL_LEN {
+        return 0;
+    }
     // SAFETY: offsets inside the tracepoint record.
     let (fd, buf, len): (u64, u64, u64) = unsafe {
         (ctx.read_at(ARG0).unwrap_or(0), ctx.read_at(ARG1).unwrap_or(0), ctx.read_at(ARG1 + 8).unwrap_or(0))

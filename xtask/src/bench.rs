@@ -415,6 +415,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut none = Vec::new();
     let mut with_agent = Vec::new();
     let mut with_trace = Vec::new();
+    let mut with_floor = Vec::new();
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
         none.push(storm(secs)?);
@@ -426,8 +427,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let _trace = start_bpftrace()?;
             with_trace.push(storm(secs)?);
         }
+        {
+            let _floor = Background::spawn(Command::new(agent_bin()).arg("bench-floor"))?;
+            std::thread::sleep(Duration::from_secs(2));
+            with_floor.push(storm(secs)?);
+        }
     }
     let (n, a, t) = (median(none.clone()), median(with_agent.clone()), median(with_trace.clone()));
+    let f = median(with_floor.clone());
     let _ = writeln!(report, "## 2. Packet path: UDP datagrams/s through a veth pair\n");
     let _ = writeln!(
         report,
@@ -440,6 +447,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _ = writeln!(report, "| no agent | {n:.0} | 1.000 | {} |", rounds(&none));
     let _ = writeln!(report, "| netns-agent | {a:.0} | {:.3} | {} |", a / n, rounds(&with_agent));
     let _ = writeln!(report, "| bpftrace one-liner | {t:.0} | {:.3} | {} |", t / n, rounds(&with_trace));
+    let _ = writeln!(
+        report,
+        "| empty program on fib_table_lookup only (floor) | {f:.0} | {:.3} | {} |",
+        f / n,
+        rounds(&with_floor)
+    );
     let _ = writeln!(report, "\nTarget: the agent within 3% of no agent (ratio at least 0.970).\n");
 
     // 3. User space.
