@@ -226,8 +226,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(err), _) | (_, Err(err)) => {
+            // Without handlers the default action (exit) still applies; the kernel detaches
+            // the programs when the process's file descriptors close.
+            log::warn!("cannot handle SIGTERM/SIGINT ({err}); they will end the agent abruptly");
+            return std::future::pending().await;
+        }
+    };
+    let (mut term, mut int) = (term, int);
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
