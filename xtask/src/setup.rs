@@ -16,7 +16,7 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Packages the end-to-end tests and the VM tier use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps", "prometheus"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps", "prometheus", "systemd"];
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 
 /// Kernel series of the VM matrix: Debian's images with kprobes and fentry.
@@ -63,6 +63,8 @@ pub fn vm_tools() -> Result<Vec<PathBuf>> {
         let kernel = match installed_kernel(series) {
             Some(kernel) => kernel,
             None => {
+                // Package lists may be missing or stale on a fresh machine: refresh them first.
+                apt_update()?;
                 let listing =
                     output("apt-cache", &["search", "--names-only", package_regex]).unwrap_or_default();
                 let mut names: Vec<&str> =
@@ -113,9 +115,17 @@ pub fn vng() -> Option<PathBuf> {
     candidate.exists().then_some(candidate)
 }
 
+/// `apt-get update`, once per run.
+fn apt_update() -> Result<()> {
+    static UPDATED: AtomicBool = AtomicBool::new(false);
+    if !UPDATED.swap(true, Ordering::Relaxed) {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
+    Ok(())
+}
+
 /// Installs the Debian packages that are missing.
 pub fn apt(packages: &[&str]) -> Result<()> {
-    static UPDATED: AtomicBool = AtomicBool::new(false);
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -133,9 +143,7 @@ pub fn apt(packages: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
-    if !UPDATED.swap(true, Ordering::Relaxed) {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-    }
+    apt_update()?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
