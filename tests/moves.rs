@@ -95,10 +95,12 @@ fn the_agent_keeps_no_namespace_alive() -> Result<()> {
     let veth = Veth::new()?;
     run("ip", &["link", "set", &veth.0, "netns", &x.name])?;
     run("ip", &["-n", &x.name, "link", "set", &veth.0, "netns", "1"])?;
-    let destroyed = agent.scrape()?.get("netns_destroyed_total", &[]);
+    let inode = x.inode()?;
     x.delete()?;
+    // This namespace's own teardown, from the journal (not any other namespace's).
     wait_for("the namespace's teardown", std::time::Duration::from_secs(20), || {
-        Ok((agent.scrape()?.get("netns_destroyed_total", &[]) > destroyed).then_some(()))
+        let events = agent.cli(&["events", "--json", "--netns", &inode.to_string()])?;
+        Ok(events.contains("\"kind\":\"netns_destroyed\"").then_some(()))
     })?;
     Ok(())
 }

@@ -116,7 +116,6 @@ pub struct ResolvedField {
 /// A parsed kernel BTF.
 pub struct KernelLayout {
     btf: Btf,
-    path: PathBuf,
 }
 
 impl KernelLayout {
@@ -132,16 +131,12 @@ impl KernelLayout {
         // costs seconds under emulation.
         let bytes = std::fs::read(path).map_err(|err| unreadable(err.to_string()))?;
         let btf = Btf::from_bytes(&bytes).map_err(|err| unreadable(err.to_string()))?;
-        Ok(Self { btf, path: path.to_owned() })
+        Ok(Self { btf })
     }
 
     #[cfg(test)]
     fn from_bytes(bytes: &[u8]) -> Self {
-        Self { btf: Btf::from_bytes(bytes).expect("valid BTF"), path: PathBuf::from("<test>") }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Self { btf: Btf::from_bytes(bytes).expect("valid BTF") }
     }
 
     /// Resolves every field the programs need.

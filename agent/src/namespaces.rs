@@ -183,14 +183,6 @@ impl NamespaceTable {
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Namespace)> {
         self.by_cookie.iter().map(|(cookie, ns)| (*cookie, ns))
     }
-
-    pub fn len(&self) -> usize {
-        self.by_cookie.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_cookie.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -246,7 +238,7 @@ mod tests {
         t.sync(&[(1, record(501)), (2, record(502)), (3, record(503))], Instant::now());
         assert_eq!(t.label(3).as_deref(), Some("overflow"));
         assert_eq!(t.dropped, 1);
-        assert_eq!(t.len(), 2, "memory stays bounded by the cap");
+        assert_eq!(t.iter().count(), 2, "memory stays bounded by the cap");
         t.destroyed(3, 503, Instant::now(), 1);
         assert_eq!(t.label(3), None);
     }
