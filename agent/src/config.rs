@@ -1,4 +1,10 @@
 //! Settings: defaults, overridden by the TOML config file, overridden by flags.
+//!
+//! [`KEYS`] is the one registry of settings: their defaults (the kernel table sizes come
+//! from `netns_agent_common::limits`, which the eBPF maps are compiled with), their allowed
+//! ranges, and their help. Validation, `netns-agent run --help`, the example config
+//! (`deploy/netns-agent.toml`) and the README's table are all rendered from it, and tests
+//! check the committed copies against it.
 
 use std::{
     net::SocketAddr,
@@ -6,28 +12,162 @@ use std::{
     time::Duration,
 };
 
+use netns_agent_common::limits;
 use serde::Deserialize;
 
-use crate::{attach::Policy, probes::Mode};
+use crate::kernel::{attach::Policy, loader::MapSizes, probes::Mode, procfs::Sources};
+
+/// A setting's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    Number(u64),
+    Text(&'static str),
+    /// Unset unless given.
+    Unset,
+}
+
+/// One setting of the config file.
+#[derive(Debug)]
+pub struct Key {
+    /// As written in the file (`limits.route_keys`).
+    pub name: &'static str,
+    pub default: DefaultValue,
+    /// Allowed range, inclusive, for numbers.
+    pub range: Option<(u64, u64)>,
+    pub help: &'static str,
+}
+
+const fn number(name: &'static str, default: u64, min: u64, max: u64, help: &'static str) -> Key {
+    Key { name, default: DefaultValue::Number(default), range: Some((min, max)), help }
+}
+
+const fn text(name: &'static str, default: DefaultValue, help: &'static str) -> Key {
+    Key { name, default, range: None, help }
+}
 
 /// The default listen address. The 9100-9999 exporter range is fully allocated; 19110 is
 /// outside it and not used by the usual exporters.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:19110";
 
-/// How long a destroyed namespace's series stay: long enough for a few scrapes at the usual
-/// 15-60 s intervals to catch their last values.
-pub const DEFAULT_GRACE_SECONDS: u64 = 300;
+/// Every setting, in the order the example config lists them.
+pub const KEYS: &[Key] = &[
+    text(
+        "listen",
+        DefaultValue::Text(DEFAULT_LISTEN),
+        "Address to serve /metrics and /api/v1 on (HOST:PORT).",
+    ),
+    text(
+        "attach",
+        DefaultValue::Text("auto"),
+        "auto (each probe takes its best working mode), fentry, kprobe or tracepoint (every probe in that mode or detached).",
+    ),
+    text("btf", DefaultValue::Text("/sys/kernel/btf/vmlinux"), "Kernel BTF to read structure offsets from."),
+    text("events_file", DefaultValue::Unset, "Also append the journal to this file as JSON lines."),
+    number(
+        "events_file_max_bytes",
+        16 << 20,
+        4096,
+        1 << 40,
+        "Size at which the events file rotates (to FILE.1): at most twice this on disk.",
+    ),
+    number("journal_max_events", 10_000, 1, 10_000_000, "Journal entries kept in memory."),
+    number(
+        "series_grace_seconds",
+        300,
+        0,
+        86_400,
+        "Seconds a destroyed namespace's series stay, so the last values get scraped.",
+    ),
+    number(
+        "inventory_interval_seconds",
+        60,
+        1,
+        86_400,
+        "Seconds between walks of the kernel's namespace list that reconcile the alive set.",
+    ),
+    number(
+        "attribution_interval_seconds",
+        15,
+        1,
+        3_600,
+        "Seconds between full scans of /proc, mounts and the CNI cache.",
+    ),
+    number(
+        "dying_after_seconds",
+        60,
+        1,
+        86_400,
+        "Seconds after which an unfinished teardown counts as dying (stuck).",
+    ),
+    text("proc_root", DefaultValue::Text("/proc"), "The proc filesystem to read processes from."),
+    text(
+        "cni_cache_dir",
+        DefaultValue::Text("/var/lib/cni/results"),
+        "The CNI plugins' result cache (pods).",
+    ),
+    number(
+        "limits.kernel_namespaces",
+        limits::KERNEL_NAMESPACES as u64,
+        64,
+        1 << 22,
+        "Namespaces the kernel-side tables track.",
+    ),
+    number(
+        "limits.event_buffer_bytes",
+        limits::EVENT_BUFFER_BYTES as u64,
+        4096,
+        1 << 30,
+        "Size of the event ring buffer in bytes (a power of two).",
+    ),
+    number(
+        "limits.route_keys",
+        limits::ROUTE_KEYS as u64,
+        64,
+        1 << 22,
+        "(namespace, family, table) keys the route-lookup counters hold.",
+    ),
+    number(
+        "limits.tracked_namespaces",
+        16_384,
+        1,
+        1 << 22,
+        "Namespaces exported one by one; past it they fold into netns=\"overflow\".",
+    ),
+];
+
+/// The registry entry of `name`.
+pub fn key(name: &str) -> &'static Key {
+    KEYS.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("{name} is not in config::KEYS"))
+}
+
+fn default_number(name: &str) -> u64 {
+    match key(name).default {
+        DefaultValue::Number(n) => n,
+        _ => panic!("{name} has no numeric default"),
+    }
+}
+
+fn default_text(name: &str) -> &'static str {
+    match key(name).default {
+        DefaultValue::Text(t) => t,
+        _ => panic!("{name} has no text default"),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path} line {line} column {column}: {message}")]
     Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("bad listen address {value:?}: expected HOST:PORT, for example {DEFAULT_LISTEN}")]
     Listen { value: String },
-    #[error("bad setting {name} = {value}: {expected}")]
-    Invalid { name: &'static str, value: String, expected: &'static str },
+    #[error("bad setting {name} = {value}: allowed {expected}")]
+    Invalid { name: &'static str, value: String, expected: String },
 }
 
 /// `--attach` values.
@@ -52,58 +192,34 @@ impl AttachArg {
     }
 }
 
-/// Sizes of kernel-side tables.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Namespaces the kernel-side table tracks (alive set, teardown markers).
-    pub kernel_namespaces: u32,
-    /// Size of the event ring buffer, bytes (a power of two, at least one page).
-    pub event_buffer_bytes: u32,
-    /// (namespace, family, table) keys the route-lookup counters hold.
-    pub route_keys: u32,
-    /// Namespaces exported one by one; past it they are folded into `netns="overflow"`.
-    pub tracked_namespaces: usize,
+/// `[limits]` as written in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub kernel_namespaces: Option<u64>,
+    pub event_buffer_bytes: Option<u64>,
+    pub route_keys: Option<u64>,
+    pub tracked_namespaces: Option<u64>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            kernel_namespaces: 32768,
-            event_buffer_bytes: 256 * 1024,
-            route_keys: 65536,
-            tracked_namespaces: 16384,
-        }
-    }
-}
-
-/// The config file's contents. Every key is optional.
+/// The config file's contents. Every key is optional; see [`KEYS`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
-    #[serde(default)]
-    pub limits: Limits,
-    /// Seconds between inventory walks that reconcile the alive set.
-    pub inventory_interval_seconds: Option<u64>,
-    /// Seconds a destroyed namespace's series stay in the exposition.
-    pub series_grace_seconds: Option<u64>,
-    /// Seconds between full scans of /proc, mounts and the CNI cache for attribution.
-    pub attribution_interval_seconds: Option<u64>,
-    /// The proc filesystem to read processes from.
-    pub proc_root: Option<PathBuf>,
-    /// The CNI plugins' result cache (pod names).
-    pub cni_cache_dir: Option<PathBuf>,
-    /// Journal entries kept in memory.
-    pub journal_max_events: Option<usize>,
-    /// Append the journal to this file as JSON lines.
     pub events_file: Option<PathBuf>,
-    /// Size at which the events file rotates (to `<file>.1`).
     pub events_file_max_bytes: Option<u64>,
-    /// Seconds after which a teardown that has not finished counts as dying.
+    pub journal_max_events: Option<u64>,
+    pub series_grace_seconds: Option<u64>,
+    pub inventory_interval_seconds: Option<u64>,
+    pub attribution_interval_seconds: Option<u64>,
     pub dying_after_seconds: Option<u64>,
+    pub proc_root: Option<PathBuf>,
+    pub cni_cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: FileLimits,
 }
 
 /// Flags that override the file.
@@ -113,6 +229,13 @@ pub struct Overrides {
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
     pub events_file: Option<PathBuf>,
+}
+
+/// Sizes of kernel-side tables and the user-space tracking cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub maps: MapSizes,
+    pub tracked_namespaces: usize,
 }
 
 /// Everything the agent runs with, validated.
@@ -125,7 +248,7 @@ pub struct Settings {
     pub inventory_interval: Duration,
     pub series_grace: Duration,
     pub attribution_interval: Duration,
-    pub sources: crate::attribution::Sources,
+    pub sources: Sources,
     pub journal_max_events: usize,
     pub events_file: Option<PathBuf>,
     pub events_file_max_bytes: u64,
@@ -135,7 +258,7 @@ pub struct Settings {
 impl FileConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|err| ConfigError::Read { path: path.to_owned(), reason: err.to_string() })?;
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -155,72 +278,132 @@ impl FileConfig {
     }
 }
 
+/// A numeric setting: the file's value or the default, checked against its range.
+fn checked(name: &'static str, value: Option<u64>) -> Result<u64, ConfigError> {
+    let key = key(name);
+    let value = value.unwrap_or_else(|| default_number(name));
+    let (min, max) = key.range.unwrap_or((0, u64::MAX));
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            name,
+            value: value.to_string(),
+            expected: format!("{min} to {max}"),
+        });
+    }
+    Ok(value)
+}
+
+fn seconds(name: &'static str, value: Option<u64>) -> Result<Duration, ConfigError> {
+    checked(name, value).map(Duration::from_secs)
+}
+
 impl Settings {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
-        let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| default_text("listen").to_owned());
         let listen = listen_text.parse().map_err(|_| ConfigError::Listen { value: listen_text.clone() })?;
-        let limits = file.limits;
-        if limits.kernel_namespaces < 64 {
-            return Err(ConfigError::Invalid {
-                name: "limits.kernel_namespaces",
-                value: limits.kernel_namespaces.to_string(),
-                expected: "at least 64",
-            });
-        }
-        let page = 4096;
-        if !limits.event_buffer_bytes.is_power_of_two() || limits.event_buffer_bytes < page {
+        let event_buffer_bytes = checked("limits.event_buffer_bytes", file.limits.event_buffer_bytes)?;
+        if !event_buffer_bytes.is_power_of_two() {
             return Err(ConfigError::Invalid {
                 name: "limits.event_buffer_bytes",
-                value: limits.event_buffer_bytes.to_string(),
-                expected: "a power of two of at least 4096",
+                value: event_buffer_bytes.to_string(),
+                expected: "a power of two from 4096 to 1073741824".into(),
             });
         }
-        let seconds = |name: &'static str, value: Option<u64>, default: u64| match value {
-            Some(0) => Err(ConfigError::Invalid { name, value: "0".into(), expected: "at least 1" }),
-            other => Ok(Duration::from_secs(other.unwrap_or(default))),
+        // The ranges keep every value below u32::MAX, so the casts below are exact.
+        let limits = Limits {
+            maps: MapSizes {
+                kernel_namespaces: checked("limits.kernel_namespaces", file.limits.kernel_namespaces)? as u32,
+                event_buffer_bytes: event_buffer_bytes as u32,
+                route_keys: checked("limits.route_keys", file.limits.route_keys)? as u32,
+            },
+            tracked_namespaces: checked("limits.tracked_namespaces", file.limits.tracked_namespaces)?
+                as usize,
         };
-        let inventory_interval = seconds("inventory_interval_seconds", file.inventory_interval_seconds, 60)?;
-        let attribution_interval =
-            seconds("attribution_interval_seconds", file.attribution_interval_seconds, 15)?;
-        if limits.tracked_namespaces == 0 {
-            return Err(ConfigError::Invalid {
-                name: "limits.tracked_namespaces",
-                value: "0".into(),
-                expected: "at least 1",
-            });
-        }
-        let defaults = crate::attribution::Sources::default();
-        let dying_after = seconds("dying_after_seconds", file.dying_after_seconds, 60)?;
-        let journal_max_events = file.journal_max_events.unwrap_or(10_000);
-        let events_file_max_bytes = file.events_file_max_bytes.unwrap_or(16 << 20);
-        if journal_max_events == 0 || events_file_max_bytes < 4096 {
-            return Err(ConfigError::Invalid {
-                name: "journal_max_events / events_file_max_bytes",
-                value: format!("{journal_max_events} / {events_file_max_bytes}"),
-                expected: "at least 1 entry and 4096 bytes",
-            });
-        }
         Ok(Self {
             listen,
             attach: flags.attach.or(file.attach).unwrap_or(AttachArg::Auto).policy(),
-            btf: flags
-                .btf
-                .or(file.btf)
-                .unwrap_or_else(|| PathBuf::from(crate::kernel_layout::KernelLayout::DEFAULT_PATH)),
+            btf: flags.btf.or(file.btf).unwrap_or_else(|| PathBuf::from(default_text("btf"))),
             limits,
-            inventory_interval,
-            series_grace: Duration::from_secs(file.series_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS)),
-            attribution_interval,
-            sources: crate::attribution::Sources {
-                proc_root: file.proc_root.unwrap_or(defaults.proc_root),
-                cni_cache_dir: file.cni_cache_dir.unwrap_or(defaults.cni_cache_dir),
+            inventory_interval: seconds("inventory_interval_seconds", file.inventory_interval_seconds)?,
+            series_grace: seconds("series_grace_seconds", file.series_grace_seconds)?,
+            attribution_interval: seconds("attribution_interval_seconds", file.attribution_interval_seconds)?,
+            sources: Sources {
+                proc_root: file.proc_root.unwrap_or_else(|| default_text("proc_root").into()),
+                cni_cache_dir: file.cni_cache_dir.unwrap_or_else(|| default_text("cni_cache_dir").into()),
             },
-            journal_max_events,
+            journal_max_events: checked("journal_max_events", file.journal_max_events)? as usize,
             events_file: flags.events_file.or(file.events_file),
-            events_file_max_bytes,
-            dying_after,
+            events_file_max_bytes: checked("events_file_max_bytes", file.events_file_max_bytes)?,
+            dying_after: seconds("dying_after_seconds", file.dying_after_seconds)?,
         })
     }
+}
+
+fn default_text_of(key: &Key) -> String {
+    match key.default {
+        DefaultValue::Number(n) => n.to_string(),
+        DefaultValue::Text(t) => format!("{t:?}"),
+        DefaultValue::Unset => "unset".to_owned(),
+    }
+}
+
+/// The settings as the help text lists them.
+pub fn help_text() -> String {
+    let mut out = String::from("Config file keys (TOML; flags override them):\n");
+    for key in KEYS {
+        let range = key.range.map(|(min, max)| format!(", {min} to {max}")).unwrap_or_default();
+        out.push_str(&format!(
+            "  {} [default: {}{range}]\n      {}\n",
+            key.name,
+            default_text_of(key),
+            key.help
+        ));
+    }
+    out
+}
+
+/// The example config file: every key commented out at its default.
+pub fn example_config() -> String {
+    let mut out = String::from(
+        "# netns-agent configuration (netns-agent run --config FILE). Every key is optional;\n\
+         # the values shown are the defaults. Generated from the agent's settings registry.\n",
+    );
+    let mut section = "";
+    for key in KEYS {
+        let (table, name) = key.name.split_once('.').unwrap_or(("", key.name));
+        if table != section {
+            out.push_str(&format!("\n[{table}]\n"));
+            section = table;
+        }
+        let range = key.range.map(|(min, max)| format!(" ({min} to {max})")).unwrap_or_default();
+        out.push_str(&format!("\n# {}{range}\n", key.help));
+        match key.default {
+            DefaultValue::Unset => {
+                out.push_str(&format!("# {name} = \"/var/log/netns-agent/events.jsonl\"\n"))
+            }
+            _ => out.push_str(&format!("# {name} = {}\n", default_text_of(key))),
+        }
+    }
+    out
+}
+
+/// The README's table of settings.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| key | default | allowed | meaning |\n|---|---|---|---|\n");
+    for key in KEYS {
+        let range = key.range.map(|(min, max)| format!("{min} to {max}")).unwrap_or_else(|| "-".into());
+        let default = match key.default {
+            DefaultValue::Number(n) => n.to_string(),
+            DefaultValue::Text(t) => format!("`{t}`"),
+            DefaultValue::Unset => "unset".into(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {default} | {range} | {} |\n",
+            key.name,
+            key.help.replace('|', "\\|")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -231,12 +414,37 @@ mod tests {
         FileConfig::parse(Path::new("agent.toml"), text)
     }
 
+    fn resolve(text: &str) -> Result<Settings, ConfigError> {
+        Settings::resolve(parse(text)?, Overrides::default())
+    }
+
     #[test]
     fn defaults_apply_when_nothing_is_set() {
         let s = Settings::resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(s.attach, Policy::Auto);
-        assert_eq!(s.limits, Limits::default());
+        assert_eq!(s.limits.maps.route_keys, limits::ROUTE_KEYS);
+        assert_eq!(s.limits.maps.kernel_namespaces, limits::KERNEL_NAMESPACES);
+        assert_eq!(s.limits.maps.event_buffer_bytes, limits::EVENT_BUFFER_BYTES);
+        assert_eq!(s.series_grace, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_file_key_is_in_the_registry_and_back() {
+        // The example config lists every key; parsing it uncommented must give no unknown key.
+        let uncommented: String = example_config()
+            .lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                (l.starts_with('[') || l.contains(" = ")).then(|| format!("{l}\n"))
+            })
+            .collect();
+        let file = parse(&uncommented).unwrap();
+        Settings::resolve(file, Overrides::default()).unwrap();
+        for key in KEYS {
+            let (_, name) = key.name.split_once('.').unwrap_or(("", key.name));
+            assert!(uncommented.contains(&format!("{name} = ")), "{} missing from the example", key.name);
+        }
     }
 
     #[test]
@@ -256,6 +464,28 @@ mod tests {
     }
 
     #[test]
+    fn every_number_out_of_range_names_the_key_and_the_range() {
+        for key in KEYS {
+            let Some((min, max)) = key.range else { continue };
+            let (table, name) = key.name.split_once('.').unwrap_or(("", key.name));
+            let prefix = if table.is_empty() { String::new() } else { format!("[{table}]\n") };
+            for bad in [min.checked_sub(1), max.checked_add(1)].into_iter().flatten() {
+                if bad > i64::MAX as u64 {
+                    continue;
+                }
+                let err = resolve(&format!("{prefix}{name} = {bad}\n")).unwrap_err().to_string();
+                assert!(err.starts_with(&format!("bad setting {} = {bad}: allowed", key.name)), "{err}");
+                assert!(!err.contains('\n'), "{err}");
+            }
+            resolve(&format!(
+                "{prefix}{name} = {}\n",
+                if key.name.ends_with("bytes") { max.next_power_of_two().min(max) } else { min }
+            ))
+            .unwrap_or_else(|e| panic!("{}: {e}", key.name));
+        }
+    }
+
+    #[test]
     fn bad_values_name_what_is_expected() {
         let err = Settings::resolve(
             FileConfig::default(),
@@ -264,10 +494,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(err, "bad listen address \"localhost\": expected HOST:PORT, for example 0.0.0.0:19110");
-        let file = parse("[limits]\nevent_buffer_bytes = 5000\n").unwrap();
-        let err = Settings::resolve(file, Overrides::default()).unwrap_err().to_string();
+        let err = resolve("[limits]\nevent_buffer_bytes = 5000\n").unwrap_err().to_string();
         assert!(err.contains("a power of two"), "{err}");
+        let err = resolve("[limits]\nroute_keys = 0\n").unwrap_err().to_string();
+        assert_eq!(err, "bad setting limits.route_keys = 0: allowed 64 to 4194304");
         let err = parse("attach = \"magic\"\n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+        assert!(resolve("series_grace_seconds = 0\n").is_ok(), "a grace of 0 drops series at once");
+    }
+
+    /// The committed copies of the registry: the example config and the README's table.
+    #[test]
+    fn committed_renderings_match_the_registry() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let example = root.join("deploy/netns-agent.toml");
+        if std::env::var_os("NETNS_AGENT_UPDATE_DOCS").is_some() {
+            std::fs::write(&example, example_config()).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&example).unwrap_or_default(),
+            example_config(),
+            "deploy/netns-agent.toml is stale: run NETNS_AGENT_UPDATE_DOCS=1 cargo test -p netns-agent"
+        );
+        let readme_path = root.join("README.md");
+        let readme = std::fs::read_to_string(&readme_path).unwrap();
+        let (begin, end) = ("<!-- config keys:", "<!-- end of config keys -->");
+        let start = readme.find(begin).expect("README has the config-keys markers");
+        let start = start + readme[start..].find('\n').unwrap() + 1;
+        let stop = readme.find(end).expect("README has the config-keys end marker");
+        if std::env::var_os("NETNS_AGENT_UPDATE_DOCS").is_some() {
+            let updated = format!("{}{}{}", &readme[..start], markdown_table(), &readme[stop..]);
+            std::fs::write(&readme_path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            &readme[start..stop],
+            markdown_table(),
+            "README's settings table is stale: run NETNS_AGENT_UPDATE_DOCS=1 cargo test -p netns-agent config"
+        );
     }
 }

@@ -1,13 +1,12 @@
+//! The `netns-agent` binary: parse the command line, set up logging, run the command.
+
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use netns_agent::cli::{Cli, Command};
+use netns_agent::{cli::args::Cli, errors::error_chain, kernel::host};
 
 fn main() -> ExitCode {
-    // Two malloc arenas are plenty for a handful of threads, and keep freed memory from
-    // being scattered over one arena per short-lived blocking thread.
-    // SAFETY: mallopt only tunes the allocator, before any thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    host::limit_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
@@ -19,29 +18,10 @@ fn main() -> ExitCode {
         format!("warn,netns_agent={}", cli.log_level)
     };
     env_logger::Builder::new().parse_filters(&filters).parse_env("RUST_LOG").format_target(false).init();
-    let result = match cli.command {
-        Command::Run(args) => netns_agent::settings(&args.common, args.listen, args.events_file)
-            .map_err(Into::into)
-            .and_then(|settings| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?
-                    .block_on(netns_agent::agent::run(settings))
-            }),
-        Command::Check(args) => netns_agent::settings(&args, None, None)
-            .map_err(Into::into)
-            .and_then(|settings| netns_agent::check::run(&settings))
-            .map(|report| print!("{report}")),
-        Command::BenchFloor(args) => netns_agent::settings(&args, None, None)
-            .map_err(Into::into)
-            .and_then(|settings| netns_agent::check::bench_floor(&settings)),
-        other => netns_agent::on_call(other),
-    };
-    match result {
+    match netns_agent::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("netns-agent: {}", netns_agent::attach::error_chain(err.as_ref()));
+            eprintln!("netns-agent: {}", error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

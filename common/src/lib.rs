@@ -8,6 +8,7 @@
 pub mod events;
 pub mod inventory;
 pub mod lifecycle;
+pub mod limits;
 pub mod moves;
 pub mod offsets;
 pub mod routes;

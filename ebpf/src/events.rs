@@ -5,11 +5,13 @@ use aya_ebpf::{
     maps::{Array, RingBuf},
 };
 
+use netns_agent_common::limits::EVENT_BUFFER_BYTES;
+
 use crate::kernel::atomic_add;
 
 /// Events for user space. Sized by the agent (`limits.event_buffer_bytes`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_BUFFER_BYTES, 0);
 
 /// Records dropped because the ring buffer was full (slot 0).
 #[map]

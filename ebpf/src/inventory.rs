@@ -19,7 +19,7 @@ use netns_agent_common::inventory::{InventoryEntry, InventoryStatus, MAX_WALK};
 
 use crate::{
     kernel::{current_net, now_ns, offset, read},
-    lifecycle::{destroyed, track},
+    lifecycle::{destroyed, seen},
 };
 
 /// Namespaces found by the last walk, `INVENTORY_STATUS[0].count` of them.
@@ -52,7 +52,7 @@ fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
         unsafe { *slot = InventoryEntry::new(cookie, inum) };
         walk.status.count += 1;
     }
-    if track(net, cookie, 0, walk.status.started_ns)? {
+    if seen(net, cookie, 0, walk.status.started_ns)? {
         walk.status.added += 1;
     }
     Ok(())

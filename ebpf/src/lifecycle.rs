@@ -26,28 +26,19 @@ use aya_ebpf::{
 use netns_agent_common::{
     CLONE_NEWNET, COMM_LEN,
     events::kind,
-    lifecycle::{
-        LifecycleEvent, NetnsRecord, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter,
-    },
+    lifecycle::{LifecycleEvent, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter},
+    limits::{CREATOR_COMMS, IN_FLIGHT},
 };
 
 use crate::{
     events::emit,
     kernel::{atomic_add, current_net, is_err_ptr, now_ns, offset, read},
+    netns::{self, Tracked},
 };
-
-/// Namespaces alive in the kernel, by `net_cookie` (never reused, unlike the inode number).
-/// Sized by the agent (`limits.kernel_namespaces`).
-#[map]
-pub static LIVE: HashMap<u64, NetnsRecord> = HashMap::with_max_entries(32768, 0);
-
-/// `net->core.prot_inuse` -> `net_cookie`, for the tracepoint-mode teardown probe.
-#[map]
-static TEARDOWN_MARKERS: HashMap<u64, u64> = HashMap::with_max_entries(32768, 0);
 
 /// Creations by the creating task's comm.
 #[map]
-static CREATED_BY_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(1024, 0);
+static CREATED_BY_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(CREATOR_COMMS, 0);
 
 /// See `netns_agent_common::lifecycle::counter`.
 #[map]
@@ -59,9 +50,8 @@ static SETUP_HISTOGRAM: Array<u64> = Array::with_max_entries(SETUP_HISTOGRAM_SLO
 
 /// Creations in flight, by thread id. LRU, so a start whose end was never seen cannot leak.
 #[map]
-static PENDING_CREATES: LruHashMap<u32, PendingCreate> = LruHashMap::with_max_entries(4096, 0);
+static PENDING_CREATES: LruHashMap<u32, PendingCreate> = LruHashMap::with_max_entries(IN_FLIGHT, 0);
 
-const EEXIST: i32 = -17;
 const ENOMEM: i64 = -12;
 const ENOSPC: i64 = -28;
 
@@ -110,23 +100,16 @@ fn count_comm(comm: &[u8; COMM_LEN]) {
     }
 }
 
-/// Starts tracking `net` in `LIVE` unless it is there already; true if it was new.
+/// Starts tracking `net` unless it is known already, counting it alive; true if it was new.
 #[inline(always)]
-pub fn track(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, i64> {
-    let inum: u32 = read(net, offset!(net_inum))?;
-    let prot_inuse: u64 = read(net, offset!(net_prot_inuse)).unwrap_or(0);
-    let record = NetnsRecord { inum, creator_pid, seen_ns: now, prot_inuse, net };
-    match LIVE.insert(cookie, record, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {
+pub fn seen(net: u64, cookie: u64, creator_pid: u32, now: u64) -> Result<bool, i64> {
+    match netns::track(net, cookie, creator_pid, now)? {
+        Tracked::New => {
             add(counter::ALIVE, 1);
-            if prot_inuse != 0 {
-                let _ = TEARDOWN_MARKERS.insert(prot_inuse, cookie, 0);
-            }
-            crate::routes::own_tables(net, cookie);
             Ok(true)
         }
-        Err(EEXIST) => Ok(false),
-        Err(_) => {
+        Tracked::Known => Ok(false),
+        Tracked::Full => {
             add(counter::LIVE_FULL, 1);
             Ok(false)
         }
@@ -146,7 +129,7 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
         observe_setup(duration_ns);
     }
     let cookie: u64 = read(net, offset!(net_cookie))?;
-    track(net, cookie, pid, now)?;
+    seen(net, cookie, pid, now)?;
     let mut event = LifecycleEvent::new(kind::NETNS_CREATED);
     event.cookie = cookie;
     event.inum = read(net, offset!(net_inum)).unwrap_or(0);
@@ -175,17 +158,9 @@ fn failed(error: i64) {
 /// it from `LIVE` counts, whichever probe (or the inventory's reconciliation) gets there first.
 #[inline(always)]
 pub fn destroyed(cookie: u64, reconciled: bool) {
-    // SAFETY: the record is copied out before the remove below can recycle its slot.
-    let Some(record) = (unsafe { LIVE.get(cookie) }).copied() else {
+    let Some(record) = netns::untrack(cookie) else {
         return;
     };
-    if LIVE.remove(cookie).is_err() {
-        return;
-    }
-    if record.prot_inuse != 0 {
-        let _ = TEARDOWN_MARKERS.remove(record.prot_inuse);
-    }
-    crate::routes::disown_tables(record.net);
     add(counter::DESTROYED, 1);
     add(counter::ALIVE, u64::MAX);
     if reconciled {
@@ -398,8 +373,7 @@ pub fn lifecycle_clone3_exit(ctx: TracePointContext) -> u32 {
 pub fn lifecycle_destroy_percpu(ctx: BtfTracePointContext) -> u32 {
     // percpu_free_percpu(void *base_addr, int off, void __percpu *ptr)
     let ptr: u64 = ctx.arg(2);
-    // SAFETY: plain copy of the cookie.
-    if let Some(cookie) = unsafe { TEARDOWN_MARKERS.get(ptr) }.copied() {
+    if let Some(cookie) = netns::by_teardown_marker(ptr) {
         destroyed(cookie, false);
     }
     0

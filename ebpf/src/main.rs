@@ -1,5 +1,7 @@
 //! netns-agent's kernel programs. One module per event family (the same stems as in
-//! `common/` and `agent/`): each declares its maps and its programs for every attach mode.
+//! `common/` and `agent/src/families/`): each declares its maps and its programs for every
+//! attach mode. `netns` owns the namespace table they share, `kernel` the field reads,
+//! `events` the ring buffer; the families import those, never each other.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -11,6 +13,7 @@ mod inventory;
 mod kernel;
 mod lifecycle;
 mod moves;
+mod netns;
 mod routes;
 
 #[cfg(not(test))]

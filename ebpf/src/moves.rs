@@ -27,6 +27,7 @@ use aya_ebpf::{
 use netns_agent_common::{
     COMM_LEN,
     events::kind,
+    limits::{IN_FLIGHT as MOVES_IN_FLIGHT, KERNEL_NAMESPACES},
     moves::{IFNAME_LEN, MoveCounts, MoveEvent, PendingMove, rtnetlink},
 };
 
@@ -37,11 +38,11 @@ use crate::{
 
 /// Moves by namespace (`net_cookie`).
 #[map]
-static DEVICE_MOVES: HashMap<u64, MoveCounts> = HashMap::with_max_entries(32768, 0);
+static DEVICE_MOVES: HashMap<u64, MoveCounts> = HashMap::with_max_entries(KERNEL_NAMESPACES, 0);
 
 /// Moves in flight, by thread.
 #[map]
-static PENDING_MOVES: LruHashMap<u32, PendingMove> = LruHashMap::with_max_entries(1024, 0);
+static PENDING_MOVES: LruHashMap<u32, PendingMove> = LruHashMap::with_max_entries(MOVES_IN_FLIGHT, 0);
 
 /// How many moves are in flight (slot 0): lets the syscall-exit probe of tracepoint mode,
 /// which runs for every sendmsg/sendto, skip the lookup when there are none.

@@ -31,17 +31,21 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use netns_agent_common::routes::{
-    LookupFrames, RouteCounts, RouteKey, RxSlot, UNKNOWN_NETNS, family, result,
+use netns_agent_common::{
+    limits::{IN_FLIGHT, ROUTE_KEYS},
+    routes::{LookupFrames, RouteCounts, RouteKey, RxSlot, UNKNOWN_NETNS, family, result},
 };
 
-use crate::kernel::{current_net, offset, read};
+use crate::{
+    kernel::{current_net, offset, read},
+    netns::{self, dev_cookie, net_cookie},
+};
 
 /// Lookups by (namespace, table, family), one counter per result. Sized by the agent; not
 /// preallocated, so memory follows the keys in use rather than max_entries x CPUs.
 #[map]
 static ROUTE_LOOKUPS: PerCpuHashMap<RouteKey, RouteCounts> =
-    PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(ROUTE_KEYS, BPF_F_NO_PREALLOC);
 
 /// Lookups not counted because `ROUTE_LOOKUPS` was full (slot 0).
 #[map]
@@ -51,14 +55,9 @@ static ROUTE_KEYS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RX_SLOT: PerCpuArray<RxSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// `struct fib_table *` -> `net_cookie` of its namespace (fentry/kprobe IPv4 misses). LRU:
-/// entries of dead namespaces age out (and are never trusted: the owner must be alive).
-#[map]
-static TABLE_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(32768, 0);
-
 /// Arguments of lookups in flight, by thread (kprobe mode only).
 #[map]
-static LOOKUPS_IN_FLIGHT: LruHashMap<u32, LookupFrames> = LruHashMap::with_max_entries(4096, 0);
+static LOOKUPS_IN_FLIGHT: LruHashMap<u32, LookupFrames> = LruHashMap::with_max_entries(IN_FLIGHT, 0);
 
 const EEXIST: i32 = -17;
 const LOOPBACK_IFINDEX: i32 = 1;
@@ -95,19 +94,6 @@ fn count(cookie: u64, table: u32, family: u32, result: usize) {
                 unsafe { *full += 1 };
             }
         }
-    }
-}
-
-#[inline(always)]
-fn net_cookie(net: u64) -> u64 {
-    read(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS)
-}
-
-#[inline(always)]
-fn dev_cookie(dev: u64) -> u64 {
-    match read::<u64>(dev, offset!(netdev_nd_net)) {
-        Ok(net) if net != 0 => net_cookie(net),
-        _ => UNKNOWN_NETNS,
     }
 }
 
@@ -216,19 +202,16 @@ pub fn routes_rx_end(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn v4_returned(tb: u64, flp: u64, res: u64, err: i32) {
     let table: u32 = read(tb, offset!(fib_table_id)).unwrap_or(0);
-    // A plain value, not an Option: LLVM leaves the payload of a `None` undefined and the
-    // verifier refuses to read such a register.
-    // SAFETY: plain copy of the owner.
-    let owner: u64 = unsafe { TABLE_OWNER.get(tb) }.map_or(UNKNOWN_NETNS, |o| *o);
+    let owner = netns::table_owner(tb);
     let cookie = if err == 0 {
         let cookie = read::<u64>(res, offset!(fib_result_nhc)).map(nhc_cookie).unwrap_or(UNKNOWN_NETNS);
         // Tables appear lazily (a new namespace has none until its first route) and rules
         // split local from main: learn each table's owner from its hits.
         if cookie != UNKNOWN_NETNS && owner != cookie {
-            let _ = TABLE_OWNER.insert(tb, cookie, 0);
+            netns::set_table_owner(tb, cookie);
         }
         cookie
-    } else if owner != UNKNOWN_NETNS && crate::lifecycle::LIVE.get_ptr(owner).is_some() {
+    } else if owner != UNKNOWN_NETNS && netns::is_alive(owner) {
         // The owner is checked alive: a table of a dead namespace may have been freed and
         // its memory reused for another namespace's table.
         owner
@@ -329,28 +312,4 @@ pub fn routes_v6_kretprobe(_ctx: RetProbeContext) -> u32 {
         v6_lookup(net, table, res);
     }
     0
-}
-
-/// Records the main and default IPv4 tables of a namespace as its own.
-#[inline(always)]
-pub fn own_tables(net: u64, cookie: u64) {
-    for off in [offset!(net_fib_main), offset!(net_fib_default)] {
-        if let Ok(tb) = read::<u64>(net, off)
-            && tb != 0
-        {
-            let _ = TABLE_OWNER.insert(tb, cookie, 0);
-        }
-    }
-}
-
-/// Forgets the main and default tables of a namespace being torn down.
-#[inline(always)]
-pub fn disown_tables(net: u64) {
-    for off in [offset!(net_fib_main), offset!(net_fib_default)] {
-        if let Ok(tb) = read::<u64>(net, off)
-            && tb != 0
-        {
-            let _ = TABLE_OWNER.remove(tb);
-        }
-    }
 }

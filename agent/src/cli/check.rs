@@ -1,0 +1,118 @@
+//! `netns-agent check`: tries every attach mode of every probe on this kernel, for real, and
+//! explains which one `run` would pick and why the others cannot work. Detaches everything
+//! before it returns.
+
+use std::fmt::Write as _;
+
+use crate::{
+    config::Settings,
+    kernel::{
+        attach::{self, KernelView, Policy},
+        host,
+        inventory::Inventory,
+        layout::ResolvedField,
+        loader::{self, Prepared},
+        probes::Mode,
+    },
+};
+
+pub fn run(settings: &Settings) -> anyhow::Result<String> {
+    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
+        loader::prepare(&settings.btf, settings.limits.maps)?;
+    let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
+    let outcomes = attach::attach_all(&mut ebpf, &kernel, Policy::Auto, true);
+
+    let mut out = String::new();
+    let resolved = fields.iter().filter(|f| f.found.is_some()).count();
+    let _ = writeln!(out, "kernel        Linux {release}");
+    let _ = writeln!(
+        out,
+        "BTF           {}: present, {resolved} of {} fields resolved{}",
+        btf_path.display(),
+        fields.len(),
+        missing_fields(&fields)
+    );
+    let _ = writeln!(
+        out,
+        "kprobes       {}",
+        kernel.no_kprobes.as_deref().map_or("available".to_owned(), |why| format!("unavailable: {why}"))
+    );
+    let _ = writeln!(out, "fentry/fexit  {}", mode_summary(&outcomes, Mode::Fentry));
+    let _ = writeln!(
+        out,
+        "tracepoints   {}",
+        match &kernel.tracefs {
+            Ok(dir) => format!(
+                "tracefs at {dir}; BTF tracepoints {}",
+                if resolved > 0 { "usable" } else { "unusable" }
+            ),
+            Err(why) => format!("classic tracepoints unavailable: {why}"),
+        }
+    );
+    let inventory = match Inventory::load(&mut ebpf).and_then(|inv| inv.walk(&ebpf)) {
+        Ok(walk) => format!(
+            "available: {} namespaces alive now{}",
+            walk.status.count,
+            if walk.status.complete == 1 { "" } else { " (walk incomplete)" }
+        ),
+        Err(err) => {
+            format!("unavailable ({err}): netns_alive will count only namespaces created after start")
+        }
+    };
+    let _ = writeln!(out, "inventory     {inventory}");
+    let _ = writeln!(out);
+
+    for outcome in &outcomes {
+        let policy = match settings.attach {
+            Policy::Auto => outcome.attached.map_or("none: no mode works here".to_owned(), |m| m.to_string()),
+            Policy::Force(mode) => match outcome.attempts.iter().find(|(m, _)| *m == mode) {
+                Some((_, Ok(()))) => format!("{mode} (forced)"),
+                _ => format!("none ({mode} forced and unavailable)"),
+            },
+        };
+        let _ = writeln!(out, "{}: {}", outcome.probe.name, outcome.probe.summary);
+        let _ = writeln!(out, "  run would use: {policy}");
+        for variant in outcome.probe.variants {
+            let status = match outcome.attempts.iter().find(|(m, _)| *m == variant.mode) {
+                Some((_, Ok(()))) => "works".to_owned(),
+                Some((_, Err(why))) => format!("fails: {why}"),
+                None => "not tried".to_owned(),
+            };
+            let _ = writeln!(out, "  {:<10} {status}", variant.mode.as_str());
+            let _ = writeln!(out, "  {:<10} sees: {}", "", variant.sees);
+        }
+    }
+    drop(ebpf);
+    Ok(out)
+}
+
+fn missing_fields(fields: &[ResolvedField]) -> String {
+    let missing: Vec<&str> = fields.iter().filter(|f| f.found.is_none()).map(|f| f.name).collect();
+    if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) }
+}
+
+fn mode_summary(outcomes: &[attach::ProbeOutcome], mode: Mode) -> String {
+    let results: Vec<&Result<(), String>> =
+        outcomes.iter().flat_map(|o| o.attempts.iter()).filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
+    match results.iter().find_map(|r| r.as_ref().err()) {
+        None if !results.is_empty() => "available".to_owned(),
+        None => "not tried".to_owned(),
+        Some(why) if results.iter().all(|r| r.is_err()) => format!("unavailable: {why}"),
+        Some(why) => format!("partly available: {why}"),
+    }
+}
+
+/// Attaches the empty program on `fib_table_lookup` and waits for SIGINT/SIGTERM.
+pub fn bench_floor(settings: &Settings) -> anyhow::Result<()> {
+    use aya::programs::BtfTracePoint;
+    let Prepared { mut ebpf, btf, .. } = loader::prepare(&settings.btf, settings.limits.maps)?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("bench_empty_fib")
+        .ok_or_else(|| anyhow::anyhow!("bench_empty_fib missing from the object"))?
+        .try_into()?;
+    program.load("fib_table_lookup", &btf)?;
+    program.attach()?;
+    println!("attached bench_empty_fib");
+    host::wait_for_termination();
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The commands: `run` (the daemon), `check`, and the on-call commands `ls`, `show` and
+//! `events`, which talk to a running agent only through its JSON API (the types in
+//! `model::view`).
+
+pub mod args;
+pub mod check;
+pub mod client;
+pub mod render;
+
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use args::{Cli, Command, CommonArgs};
+use client::Client;
+
+use crate::{
+    config::{FileConfig, Overrides, Settings},
+    model::{states::State, view::NamespaceView},
+};
+
+/// Settings for a command from its config file and flags.
+pub fn settings(
+    common: &CommonArgs,
+    listen: Option<String>,
+    events_file: Option<std::path::PathBuf>,
+) -> Result<Settings, crate::config::ConfigError> {
+    let file = match &common.config {
+        Some(path) => FileConfig::read(path)?,
+        None => FileConfig::default(),
+    };
+    Settings::resolve(file, Overrides { listen, attach: common.attach, btf: common.btf.clone(), events_file })
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let settings = settings(&args.common, args.listen, args.events_file)?;
+            crate::daemon::run(settings)?;
+        }
+        Command::Check(args) => print(&check::run(&settings(&args, None, None)?)?)?,
+        Command::BenchFloor(args) => check::bench_floor(&settings(&args, None, None)?)?,
+        Command::Ls(args) => {
+            let c = Client::new(&args.agent.agent);
+            let keep = |mut all: Vec<NamespaceView>| {
+                all.retain(|ns| args.all || ns.state != State::Gone.as_str());
+                all
+            };
+            let first = keep(c.namespaces()?);
+            let first_at = Instant::now();
+            let (second, seconds) = if args.interval > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(args.interval));
+                (keep(c.namespaces()?), first_at.elapsed().as_secs_f64())
+            } else {
+                (first.clone(), 0.0)
+            };
+            if args.agent.json {
+                return print(&format!("{}\n", serde_json::to_string_pretty(&second)?));
+            }
+            let mut rows = render::rows(&second, &first, seconds);
+            render::sort_rows(&mut rows, args.sort);
+            print(&render::table(&rows))?;
+        }
+        Command::Show(args) => {
+            let c = Client::new(&args.agent.agent);
+            let ns = client::find(&c, &args.namespace)?;
+            let journal = c.events(Some(ns.netns), 0, 10_000)?.events;
+            if args.agent.json {
+                let value = serde_json::json!({ "namespace": ns, "events": journal });
+                return print(&format!("{}\n", serde_json::to_string_pretty(&value)?));
+            }
+            print(&render::describe(&ns, &journal))?;
+        }
+        Command::Events(args) => {
+            let c = Client::new(&args.agent.agent);
+            let mut since = 0;
+            loop {
+                let view = c.events(args.netns, since, args.limit)?;
+                let mut text = String::new();
+                for e in &view.events {
+                    if args.agent.json {
+                        text.push_str(&serde_json::to_string(e)?);
+                    } else {
+                        text.push_str(&e.line());
+                    }
+                    text.push('\n');
+                }
+                print(&text)?;
+                since = view.last_seq.max(since);
+                if !args.follow {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes to stdout. A reader that went away (`| head`) ends the command quietly, as `ps`
+/// does: the process exits 0 without a message.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,104 @@
+//! The running agent's context: the model, the kernel's counter maps, the facts fixed at
+//! start-up, and the operations the tasks and the server perform on them.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::tasks::Health;
+use crate::{
+    expose::Source,
+    families::{self, EventContext, FamilyMaps},
+    kernel::{procfs, ring::Event},
+    model::{
+        Model,
+        owners::{self, Ownership},
+        snapshot::{AgentFacts, Snapshot},
+        states::{self, State},
+        view::EventsView,
+    },
+};
+
+pub struct Agent {
+    pub facts: AgentFacts,
+    pub model: Model,
+    /// The kernel's counter maps (one lock: reading takes it briefly, forgetting too).
+    pub maps: Mutex<FamilyMaps>,
+    pub sources: procfs::Sources,
+    pub health: Health,
+    /// Woken when a namespace appears, so the next attribution scan comes soon.
+    pub rescan_soon: tokio::sync::Notify,
+}
+
+impl Agent {
+    fn maps(&self) -> std::sync::MutexGuard<'_, FamilyMaps> {
+        self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a batch of kernel records. Blocking (reads /proc for creators).
+    pub fn apply(&self, events: Vec<Event>) {
+        let notify = || self.rescan_soon.notify_one();
+        let cx = EventContext { model: &self.model, sources: &self.sources, on_new_namespace: &notify };
+        for event in events {
+            families::apply(&cx, event);
+        }
+    }
+
+    /// Rescans /proc, mounts and the CNI cache, then looks for what holds any orphaned
+    /// namespace. Blocking.
+    pub fn rescan(&self) {
+        let started = SystemTime::now();
+        let owners = owners::scan(&self.sources);
+        // Orphan detection concerns namespaces whose teardown has not begun, for which the
+        // teardown-batch state does not matter.
+        let ctx = self.model.state_context(Some(started), None);
+        let orphaned: HashSet<u32> = self.model.with(|state| {
+            state
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| states::classify(ns, owners.get(&ns.inum), &ctx) == State::Orphaned)
+                .map(|(_, ns)| ns.inum)
+                .collect()
+        });
+        let holders = procfs::find_holders(&self.sources, &orphaned);
+        self.model.with(|state| state.ownership = Ownership { owners, holders, scanned: Some(started) });
+        // A scan allocates and frees a map per process; give the pages back to the system.
+        crate::kernel::host::trim_heap();
+    }
+
+    /// Drops the series of namespaces destroyed longer than `grace` ago, in user space and
+    /// in the kernel's counters; a namespace whose teardown has not finished stays (dying).
+    pub fn expire(&self, grace: Duration) {
+        let cleanup_end = self.maps().cleanup_end_ns();
+        let ctx = self.model.state_context(None, cleanup_end);
+        let removed: HashSet<u64> = self.model.with(|state| {
+            state
+                .namespaces
+                .expire(grace, Instant::now(), |ns| states::classify(ns, None, &ctx) == State::Gone);
+            state.namespaces.take_removed().into_iter().collect()
+        });
+        if !removed.is_empty() {
+            self.maps().forget(&removed);
+        }
+    }
+}
+
+impl Source for Agent {
+    fn snapshot(&self) -> Snapshot {
+        let counters = self.maps().read();
+        self.model.snapshot(self.facts.clone(), self.health.tasks(), counters)
+    }
+
+    fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> EventsView {
+        self.model.events(netns, since, limit)
+    }
+
+    fn netns_of_pid(&self, pid: i32) -> Option<u32> {
+        procfs::process(&self.sources, pid).map(|p| p.netns)
+    }
+}
+
+/// The agent shared by its tasks and the server.
+pub type Shared = Arc<Agent>;

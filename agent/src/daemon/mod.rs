@@ -1,0 +1,330 @@
+//! `netns-agent run`: start-up (bind, load, attach, seed from the inventory), the supervised
+//! task set (events, housekeeping, attribution, HTTP), and shutdown on SIGINT/SIGTERM, which
+//! detaches everything.
+
+pub mod context;
+pub mod tasks;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use context::{Agent, Shared};
+use tasks::{Health, OnEnd, TaskError, TaskSpec};
+
+use crate::{
+    config::Settings,
+    errors::error_chain,
+    expose,
+    families::FamilyMaps,
+    kernel::{
+        attach::{self, KernelView, ProbeOutcome},
+        host,
+        inventory::{Inventory, InventoryError},
+        loader::{self, LoadError, Prepared},
+        maps::MapError,
+        probes::CLEANUP_PROBE,
+        ring::{EventStream, RingError},
+    },
+    model::{
+        Model,
+        journal::{EventsFile, FileError, Journal},
+        namespaces::NamespaceTable,
+        snapshot::{AgentFacts, ProbeStatus},
+    },
+};
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Listen(#[from] expose::http::ListenError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error(transparent)]
+    EventsFile(#[from] FileError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// The start-up log line for one probe.
+pub fn outcome_line(outcome: &ProbeOutcome) -> String {
+    let failures: Vec<String> = outcome
+        .attempts
+        .iter()
+        .filter_map(|(mode, result)| result.as_ref().err().map(|why| format!("{mode}: {why}")))
+        .collect();
+    let head = match outcome.attached {
+        Some(mode) => format!("probe {}: attached ({mode})", outcome.probe.name),
+        None => format!("probe {}: NOT attached", outcome.probe.name),
+    };
+    if failures.is_empty() { head } else { format!("{head}; {}", failures.join("; ")) }
+}
+
+/// Runs the agent until SIGINT/SIGTERM, on its own runtime.
+pub fn run(settings: Settings) -> Result<(), DaemonError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?
+        .block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> Result<(), DaemonError> {
+    // Bind first: a taken port should fail before any probe touches the kernel.
+    let listener = expose::http::bind(settings.listen).await?;
+    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
+        loader::prepare(&settings.btf, settings.limits.maps)?;
+    log::info!(
+        "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved)",
+        env!("CARGO_PKG_VERSION"),
+        btf_path.display(),
+        fields.iter().filter(|f| f.found.is_some()).count(),
+        fields.len()
+    );
+    let outcomes = {
+        let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
+        attach::attach_all(&mut ebpf, &kernel, settings.attach, false)
+    };
+    // The parsed kernel BTF (tens of MiB) is only needed to load and attach.
+    drop((btf, btf_functions, fields));
+    host::trim_heap();
+    for outcome in &outcomes {
+        if outcome.attached.is_some() {
+            log::info!("{}", outcome_line(outcome));
+        } else {
+            log::warn!("{}", outcome_line(outcome));
+        }
+    }
+
+    let cleanup_attached = outcomes.iter().any(|o| o.probe.name == CLEANUP_PROBE && o.attached.is_some());
+    let maps = FamilyMaps::take(&mut ebpf, cleanup_attached)?;
+    let stream = EventStream::take(&mut ebpf)?;
+    let mut namespaces = NamespaceTable::with_capacity(settings.limits.tracked_namespaces);
+    let inventory = seed(&mut ebpf, &mut namespaces);
+    let events_file = match &settings.events_file {
+        Some(path) => Some(EventsFile::open(path, settings.events_file_max_bytes)?),
+        None => None,
+    };
+    let agent: Shared = Arc::new(Agent {
+        facts: AgentFacts {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: release,
+            probes: outcomes
+                .iter()
+                .map(|o| ProbeStatus {
+                    name: o.probe.name,
+                    attached: o.attached.map(|m| m.as_str()),
+                    modes: o.probe.variants.iter().map(|v| v.mode.as_str()).collect(),
+                })
+                .collect(),
+        },
+        model: Model::new(
+            namespaces,
+            Journal::new(settings.journal_max_events, events_file),
+            settings.dying_after,
+        ),
+        maps: Mutex::new(maps),
+        sources: settings.sources.clone(),
+        health: Health::default(),
+        rescan_soon: tokio::sync::Notify::new(),
+    });
+    let ebpf = Arc::new(Mutex::new(ebpf));
+    let listener = Arc::new(Mutex::new(Some(listener)));
+
+    let specs = vec![
+        events_task(Arc::clone(&agent), stream),
+        housekeeping_task(Arc::clone(&agent), Arc::clone(&ebpf), inventory, &settings),
+        attribution_task(Arc::clone(&agent), settings.attribution_interval),
+        http_task(Arc::clone(&agent), listener),
+    ];
+    log::info!("serving metrics on http://{}/metrics", settings.listen);
+    let result = tasks::supervise(specs, agent.health.clone(), shutdown_signal()).await;
+    // Dropping the object detaches every link and unloads every program.
+    // Every task has ended, so this is the last reference; were it not, the programs would
+    // still detach when the process exits and the kernel closes its descriptors.
+    drop(Arc::try_unwrap(ebpf).map(|m| m.into_inner()));
+    match &result {
+        Ok(()) => log::info!("stopped; all probes detached"),
+        Err(err) => log::error!("stopping after a fatal error ({}); all probes detached", error_chain(err)),
+    }
+    result.map_err(Into::into)
+}
+
+/// Walks the kernel's namespace list once and seeds the namespace table; the inventory is
+/// kept for the periodic reconciliation when it works.
+fn seed(ebpf: &mut aya::Ebpf, namespaces: &mut NamespaceTable) -> Option<Inventory> {
+    let walked =
+        Inventory::load(ebpf).and_then(|inventory| inventory.walk(ebpf).map(|walk| (inventory, walk)));
+    match walked {
+        Ok((inventory, walk)) => {
+            log::info!(
+                "inventory: {} namespaces alive in the kernel ({} dying){}",
+                walk.status.count,
+                walk.status.dying,
+                if walk.status.complete == 1 { "" } else { "; walk INCOMPLETE" }
+            );
+            namespaces.sync(&inventory.live(), Instant::now());
+            Some(inventory)
+        }
+        Err(err @ (InventoryError::Load { .. } | InventoryError::Program(_))) => {
+            log::warn!(
+                "inventory unavailable, netns_alive counts only namespaces created from now on: {err}"
+            );
+            None
+        }
+        Err(err) => {
+            log::warn!(
+                "inventory walk failed, netns_alive counts only namespaces created from now on: {err}"
+            );
+            None
+        }
+    }
+}
+
+/// Most records applied per blocking call.
+const EVENT_BATCH: usize = 256;
+
+/// Drains the kernel's event stream into the model. Records are applied on a blocking
+/// thread: a creation reads /proc to name its creator.
+fn events_task(agent: Shared, stream: EventStream) -> TaskSpec {
+    let stream = Arc::new(tokio::sync::Mutex::new(stream));
+    TaskSpec {
+        name: "events",
+        on_end: OnEnd::Restart,
+        make: Box::new(move || {
+            let (agent, stream) = (Arc::clone(&agent), Arc::clone(&stream));
+            Box::pin(async move {
+                let mut stream = stream.lock().await;
+                loop {
+                    let batch = stream.next_batch(EVENT_BATCH).await?;
+                    let agent = Arc::clone(&agent);
+                    tokio::task::spawn_blocking(move || agent.apply(batch))
+                        .await
+                        .map_err(|err| TaskError::Failed(format!("applying events: {err}")))?;
+                }
+            })
+        }),
+    }
+}
+
+/// Expires the series of destroyed namespaces, and walks the kernel's namespace list to
+/// reconcile what the teardown probes may have missed.
+fn housekeeping_task(
+    agent: Shared,
+    ebpf: Arc<Mutex<aya::Ebpf>>,
+    inventory: Option<Inventory>,
+    settings: &Settings,
+) -> TaskSpec {
+    let inventory = Arc::new(inventory);
+    let (interval, grace) = (settings.inventory_interval, settings.series_grace);
+    // Expire at least every second, more often for a short grace (never a zero interval).
+    let expire_every = grace.clamp(Duration::from_millis(100), Duration::from_secs(1));
+    TaskSpec {
+        name: "housekeeping",
+        on_end: OnEnd::Restart,
+        make: Box::new(move || {
+            let (agent, ebpf, inventory) = (Arc::clone(&agent), Arc::clone(&ebpf), Arc::clone(&inventory));
+            Box::pin(async move {
+                let mut expire_ticker = tokio::time::interval(expire_every);
+                let mut inventory_ticker = tokio::time::interval(interval);
+                inventory_ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = expire_ticker.tick() => agent.expire(grace),
+                        _ = inventory_ticker.tick() => {
+                            let (agent, ebpf, inventory) = (Arc::clone(&agent), Arc::clone(&ebpf), Arc::clone(&inventory));
+                            tokio::task::spawn_blocking(move || reconcile(&agent, &ebpf, inventory.as_ref().as_ref()))
+                                .await
+                                .map_err(|err| TaskError::Failed(format!("inventory: {err}")))?;
+                        }
+                    }
+                }
+            })
+        }),
+    }
+}
+
+/// One inventory walk and reconciliation. Blocking (runs a BPF program).
+fn reconcile(agent: &Agent, ebpf: &Mutex<aya::Ebpf>, inventory: Option<&Inventory>) {
+    let Some(inventory) = inventory else { return };
+    // One walk at a time: the lock is held across walk and reconciliation.
+    let ebpf = ebpf.lock().unwrap_or_else(|p| p.into_inner());
+    match inventory.walk(&ebpf).and_then(|walk| inventory.reconcile(&ebpf, &walk)) {
+        Ok(0) => {}
+        Ok(n) => log::info!("inventory: {n} namespaces were gone without a teardown event"),
+        Err(err) => log::warn!("inventory: {err}"),
+    }
+    let live = inventory.live();
+    agent.model.with(|state| state.namespaces.sync(&live, Instant::now()));
+}
+
+/// Rescans /proc, mounts and the CNI cache periodically, and soon after a namespace appears.
+fn attribution_task(agent: Shared, interval: Duration) -> TaskSpec {
+    TaskSpec {
+        name: "attribution",
+        on_end: OnEnd::Restart,
+        make: Box::new(move || {
+            let agent = Arc::clone(&agent);
+            Box::pin(async move {
+                let mut ticker = tokio::time::interval(interval);
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => {}
+                        // A new namespace: let its creator finish (mount, exec) before looking.
+                        () = agent.rescan_soon.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                    let agent = Arc::clone(&agent);
+                    tokio::task::spawn_blocking(move || agent.rescan())
+                        .await
+                        .map_err(|err| TaskError::Failed(format!("scan: {err}")))?;
+                }
+            })
+        }),
+    }
+}
+
+/// The HTTP server. Critical: an agent that cannot be scraped should stop and be restarted
+/// by its service manager rather than run unseen.
+fn http_task(agent: Shared, listener: Arc<Mutex<Option<tokio::net::TcpListener>>>) -> TaskSpec {
+    TaskSpec {
+        name: "http",
+        on_end: OnEnd::Fatal,
+        make: Box::new(move || {
+            let agent = Arc::clone(&agent);
+            let listener = listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Box::pin(async move {
+                let listener = listener.ok_or_else(|| TaskError::Failed("listener already used".into()))?;
+                axum::serve(listener, expose::http::router(agent)).await?;
+                Ok(())
+            })
+        }),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(err), _) | (_, Err(err)) => {
+            // Without handlers the default action (exit) still applies; the kernel detaches
+            // the programs when the process's file descriptors close.
+            log::warn!("cannot handle SIGTERM/SIGINT ({err}); they will end the agent abruptly");
+            return std::future::pending().await;
+        }
+    };
+    let (mut term, mut int) = (term, int);
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!("{name} received, shutting down");
+}

@@ -1,0 +1,182 @@
+//! The HTTP endpoint: `/metrics` (Prometheus text exposition), the JSON API
+//! (`/api/v1/namespaces`, `/api/v1/events`) and an index page. Work that reads the kernel
+//! or /proc runs on blocking threads; a failed render is a 500 with a logged reason.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use super::{Source, metrics};
+use crate::{errors::error_chain, model::view::NamespaceView};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {reason}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    reason: String,
+}
+
+/// Binds the listen address, with an error that says what to do about it.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|err| {
+        let reason = match err.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "address already in use (another netns-agent or exporter?); pick another with --listen"
+                    .to_owned()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "no such address on this host; use one of its addresses or 0.0.0.0".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => "permission denied; use a port above 1023".to_owned(),
+            _ => err.to_string(),
+        };
+        ListenError { addr, reason }
+    })
+}
+
+type Shared = Arc<dyn Source>;
+
+pub fn router(source: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/namespaces", get(namespaces))
+        .route("/api/v1/events", get(events))
+        .route("/", get(index))
+        .with_state(source)
+}
+
+/// A 500 whose reason is logged (the body says only that it failed: the log has the cause).
+fn internal_error(what: &str, reason: String) -> Response {
+    log::error!("{what}: {reason}");
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{what}; see the agent's log\n")).into_response()
+}
+
+/// Runs blocking work off the async workers; a panic in it becomes an error.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|err| err.to_string())
+}
+
+async fn metrics(State(source): State<Shared>) -> Response {
+    match blocking(move || metrics::render(&source.snapshot())).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Ok(Err(err)) => internal_error("rendering /metrics failed", error_chain(&err)),
+        Err(panic) => internal_error("rendering /metrics failed", panic),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NamespacesQuery {
+    /// Only the namespace of this process.
+    pid: Option<i32>,
+}
+
+async fn namespaces(State(source): State<Shared>, Query(query): Query<NamespacesQuery>) -> Response {
+    let result = blocking(move || -> Result<Vec<NamespaceView>, String> {
+        let wanted = match query.pid {
+            Some(pid) => Some(source.netns_of_pid(pid).ok_or(format!("no process {pid}"))?),
+            None => None,
+        };
+        let mut views = super::namespaces(source.snapshot());
+        if let Some(inum) = wanted {
+            views.retain(|v| v.netns == inum);
+        }
+        Ok(views)
+    })
+    .await;
+    match result {
+        Ok(Ok(views)) => Json(views).into_response(),
+        Ok(Err(not_found)) => (StatusCode::NOT_FOUND, not_found).into_response(),
+        Err(panic) => internal_error("listing namespaces failed", panic),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    netns: Option<u32>,
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(State(source): State<Shared>, Query(query): Query<EventsQuery>) -> Response {
+    let view = source.events(query.netns, query.since.unwrap_or(0), query.limit.unwrap_or(1000));
+    Json(view).into_response()
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<html><head><title>netns-agent</title></head><body><h1>netns-agent</h1><ul>\
+         <li><a href=\"/metrics\">/metrics</a></li>\
+         <li><a href=\"/api/v1/namespaces\">/api/v1/namespaces</a></li>\
+         <li><a href=\"/api/v1/events\">/api/v1/events</a></li></ul></body></html>",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{snapshot::Snapshot, view::EventsView};
+
+    /// A source whose snapshot panics, as a bug in a collector would.
+    struct Broken;
+
+    impl Source for Broken {
+        fn snapshot(&self) -> Snapshot {
+            panic!("collector bug")
+        }
+        fn events(&self, _: Option<u32>, _: u64, _: usize) -> EventsView {
+            EventsView::default()
+        }
+        fn netns_of_pid(&self, _: i32) -> Option<u32> {
+            None
+        }
+    }
+
+    struct Empty;
+
+    impl Source for Empty {
+        fn snapshot(&self) -> Snapshot {
+            Snapshot::default()
+        }
+        fn events(&self, _: Option<u32>, _: u64, _: usize) -> EventsView {
+            EventsView::default()
+        }
+        fn netns_of_pid(&self, _: i32) -> Option<u32> {
+            None
+        }
+    }
+
+    async fn get(source: Shared, path: &str) -> (StatusCode, String) {
+        use tower::ServiceExt as _;
+        let request = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let response = router(source).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_failed_render_is_a_500_not_an_empty_200() {
+        let (status, body) = get(Arc::new(Broken), "/metrics").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let (status, _) = get(Arc::new(Broken), "/api/v1/namespaces").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn a_good_render_is_a_200_and_an_unknown_pid_a_404() {
+        let (status, body) = get(Arc::new(Empty), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("netns_alive 0"), "{body}");
+        let (status, _) = get(Arc::new(Empty), "/api/v1/namespaces?pid=1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,443 @@
+//! Every metric the agent exports: names, help and label sets defined once, and the
+//! rendering of a [`Snapshot`] into the Prometheus text exposition.
+//!
+//! Values live in kernel maps; nothing is cached in user space. Each scrape takes a fresh
+//! snapshot (the families read the maps, the model joins) and renders it here.
+
+use std::collections::BTreeMap;
+
+use crate::model::snapshot::Snapshot;
+use netns_agent_common::{
+    lifecycle::SETUP_BUCKETS_NS,
+    routes::{family, result},
+};
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{self, MetricFamily, MetricType},
+};
+
+/// A metric's identity.
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
+}
+
+const fn def(
+    name: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricDef {
+    MetricDef { name, help, kind, labels }
+}
+
+use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+
+pub const AGENT_INFO: MetricDef =
+    def("netns_agent_info", GAUGE, &["version", "kernel"], "netns-agent build and the kernel it runs on.");
+pub const PROBE_ATTACHED: MetricDef = def(
+    "netns_agent_probe_attached",
+    GAUGE,
+    &["probe", "mode"],
+    "1 if the probe is attached in this mode, 0 for the modes it has but did not use.",
+);
+pub const EVENTS_LOST: MetricDef = def(
+    "netns_agent_events_lost_total",
+    COUNTER,
+    &[],
+    "Kernel events dropped because the ring buffer was full (counts stay exact; the journal misses them).",
+);
+pub const LIVE_FULL: MetricDef = def(
+    "netns_agent_untracked_namespaces_total",
+    COUNTER,
+    &[],
+    "Namespaces the kernel-side table had no room for (raise limits.kernel_namespaces).",
+);
+pub const RECONCILED: MetricDef = def(
+    "netns_agent_reconciled_total",
+    COUNTER,
+    &[],
+    "Namespaces the periodic inventory found gone although no teardown probe reported them.",
+);
+pub const CREATED: MetricDef = def(
+    "netns_created_total",
+    COUNTER,
+    &["comm"],
+    "Network namespaces created, by the comm of the creating process.",
+);
+pub const SETUP_FAILURES: MetricDef =
+    def("netns_setup_failures_total", COUNTER, &[], "Network namespace creations that failed.");
+pub const SETUP_DURATION: MetricDef = def(
+    "netns_setup_duration_seconds",
+    HISTOGRAM,
+    &[],
+    "Time to create and set up a network namespace (what is timed depends on the attach mode; see README).",
+);
+pub const DESTROYED: MetricDef = def(
+    "netns_destroyed_total",
+    COUNTER,
+    &[],
+    "Network namespaces whose teardown began (each counted once).",
+);
+pub const ALIVE: MetricDef =
+    def("netns_alive", GAUGE, &[], "Network namespaces alive in the kernel (teardown not yet begun).");
+
+pub const ROUTE_LOOKUPS: MetricDef = def(
+    "netns_route_lookups_total",
+    COUNTER,
+    &["netns", "family", "table", "result"],
+    "Route table lookups by the namespace they happen in (netns inode, or unknown), family, table and result.",
+);
+pub const ROUTE_KEYS_FULL: MetricDef = def(
+    "netns_agent_route_keys_full_total",
+    COUNTER,
+    &[],
+    "Route lookups not counted because the kernel table of (namespace, table) keys was full (raise limits.route_keys).",
+);
+pub const DEVICE_MOVES: MetricDef = def(
+    "netns_device_moves_total",
+    COUNTER,
+    &["netns", "direction"],
+    "Network devices moved into (in) or out of (out) a namespace.",
+);
+pub const DEVICE_MOVE_FAILURES: MetricDef = def(
+    "netns_device_move_failures_total",
+    COUNTER,
+    &["netns"],
+    "Device moves out of a namespace that failed.",
+);
+
+pub const NETNS_INFO: MetricDef = def(
+    "netns_info",
+    GAUGE,
+    &["netns", "name", "comm", "pid", "container_id", "pod", "pod_namespace"],
+    "One series per namespace (value 1): its names, main process (the oldest in it), container and pod. Join on netns.",
+);
+pub const NETNS_PROCESSES: MetricDef =
+    def("netns_processes", GAUGE, &["netns"], "Processes (not threads) whose network namespace this is.");
+pub const NETNS_STATE: MetricDef = def(
+    "netns_state",
+    GAUGE,
+    &["state"],
+    "Namespaces held by the kernel by state: new, active, parked, orphaned (held only by an fd, a socket or the kernel), terminating, dying (teardown stuck).",
+);
+pub const NETNS_AGE: MetricDef = def(
+    "netns_age_seconds",
+    GAUGE,
+    &["netns"],
+    "Age of a live namespace: since its creation, or since the agent first saw it (a lower bound) for older ones.",
+);
+pub const NAMESPACES_DROPPED: MetricDef = def(
+    "netns_agent_namespaces_dropped_total",
+    COUNTER,
+    &[],
+    "Namespaces folded into netns=\"overflow\" because limits.tracked_namespaces was reached.",
+);
+
+pub const TASK_RESTARTS: MetricDef = def(
+    "netns_agent_task_restarts_total",
+    COUNTER,
+    &["task"],
+    "Times a supervised task of the agent ended (error or panic) and was restarted.",
+);
+
+/// Comm label for creations the per-comm table had no room for.
+pub const OTHER_COMM: &str = "(other)";
+
+/// The `table` label: the names `ip route` uses for the reserved tables, else the number.
+pub fn table_label(table: u32) -> String {
+    match table {
+        255 => "local".to_owned(),
+        254 => "main".to_owned(),
+        253 => "default".to_owned(),
+        n => n.to_string(),
+    }
+}
+
+pub fn family_label(family: u32) -> &'static str {
+    match family {
+        family::IPV4 => "ipv4",
+        family::IPV6 => "ipv6",
+        _ => "other",
+    }
+}
+
+/// Every family of a snapshot.
+pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
+    let single = |def: &'static MetricDef, value: f64| {
+        let mut f = Family::new(def);
+        f.add(&[], value);
+        f.finish()
+    };
+    let mut out = Vec::new();
+    let mut info = Family::new(&AGENT_INFO);
+    info.add(&[snap.facts.version, &snap.facts.kernel], 1.0);
+    out.push(info.finish());
+    let mut attached = Family::new(&PROBE_ATTACHED);
+    for probe in &snap.facts.probes {
+        for mode in &probe.modes {
+            attached.add(&[probe.name, mode], if probe.attached == Some(*mode) { 1.0 } else { 0.0 });
+        }
+    }
+    out.push(attached.finish());
+    let mut restarts = Family::new(&TASK_RESTARTS);
+    for task in &snap.tasks {
+        restarts.add(&[task.name], task.restarts as f64);
+    }
+    out.push(restarts.finish());
+    out.push(single(&EVENTS_LOST, snap.counters.events_lost as f64));
+
+    let lc = &snap.counters.lifecycle;
+    let mut created = Family::new(&CREATED);
+    for (comm, count) in &lc.created_by_comm {
+        created.add(&[comm], *count as f64);
+    }
+    if lc.created_comm_overflow > 0 {
+        created.add(&[OTHER_COMM], lc.created_comm_overflow as f64);
+    }
+    out.push(created.finish());
+    out.push(single(&SETUP_FAILURES, lc.setup_failures as f64));
+    let bounds: Vec<f64> = SETUP_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).collect();
+    let mut duration = Family::new(&SETUP_DURATION);
+    duration.histogram(&bounds, &lc.setup_buckets, lc.setup_sum_ns as f64 / 1e9);
+    out.push(duration.finish());
+    out.push(single(&DESTROYED, lc.destroyed as f64));
+    out.push(single(&ALIVE, lc.alive as f64));
+    out.push(single(&LIVE_FULL, lc.live_full as f64));
+    out.push(single(&RECONCILED, lc.reconciled as f64));
+
+    let mut info = Family::new(&NETNS_INFO);
+    let mut processes = Family::new(&NETNS_PROCESSES);
+    let mut age = Family::new(&NETNS_AGE);
+    for ns in &snap.namespaces {
+        let netns = ns.netns.to_string();
+        let (pid, comm) =
+            ns.main_process.as_ref().map_or((String::new(), ""), |m| (m.pid.to_string(), m.comm.as_str()));
+        info.add(
+            &[&netns, &ns.names.join(","), comm, &pid, &ns.container_id, &ns.pod, &ns.pod_namespace],
+            1.0,
+        );
+        processes.add(&[&netns], f64::from(ns.processes));
+        if ns.state != "gone" && ns.state != "terminating" && ns.state != "dying" {
+            age.add(&[&netns], ns.age_seconds);
+        }
+    }
+    let mut state = Family::new(&NETNS_STATE);
+    for (s, n) in &snap.states {
+        state.add(&[s.as_str()], *n as f64);
+    }
+    out.extend([info.finish(), processes.finish(), state.finish(), age.finish()]);
+    out.push(single(&NAMESPACES_DROPPED, snap.dropped as f64));
+
+    let mut moves = Family::new(&DEVICE_MOVES);
+    let mut failures = Family::new(&DEVICE_MOVE_FAILURES);
+    for (netns, counts) in &snap.moves {
+        moves.add(&[netns, "in"], counts.moved_in as f64);
+        moves.add(&[netns, "out"], counts.moved_out as f64);
+        failures.add(&[netns], counts.failed as f64);
+    }
+    out.extend([moves.finish(), failures.finish()]);
+
+    let mut lookups = Family::new(&ROUTE_LOOKUPS);
+    for r in &snap.routes {
+        let table = table_label(r.table);
+        for (name, total) in result::NAMES.iter().zip(r.by_result) {
+            if total > 0 {
+                lookups.add(&[&r.netns, family_label(r.family), &table, name], total as f64);
+            }
+        }
+    }
+    out.push(lookups.finish());
+    out.push(single(&ROUTE_KEYS_FULL, snap.counters.route_keys_full as f64));
+    out.into_iter().flatten().collect()
+}
+
+/// Samples of one family, keyed by label values. Samples with equal label values are
+/// summed: distinct raw values can render alike, and duplicates would break the exposition.
+pub struct Family {
+    def: &'static MetricDef,
+    samples: BTreeMap<Vec<String>, f64>,
+    histogram: Option<proto::Histogram>,
+}
+
+impl Family {
+    pub fn new(def: &'static MetricDef) -> Self {
+        Self { def, samples: BTreeMap::new(), histogram: None }
+    }
+
+    /// Adds a counter or gauge sample.
+    pub fn add(&mut self, labels: &[&str], value: f64) -> &mut Self {
+        assert_eq!(labels.len(), self.def.labels.len(), "{}: wrong label count", self.def.name);
+        *self.samples.entry(labels.iter().map(|s| (*s).to_owned()).collect()).or_default() += value;
+        self
+    }
+
+    /// Sets the (label-less) histogram from per-bucket counts (not cumulative) with upper
+    /// bounds in seconds; the last count is the overflow bucket.
+    pub fn histogram(&mut self, bounds: &[f64], counts: &[u64], sum: f64) -> &mut Self {
+        assert_eq!(counts.len(), bounds.len() + 1, "{}: bucket count", self.def.name);
+        let mut h = proto::Histogram::default();
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(bounds.len());
+        for (bound, count) in bounds.iter().zip(counts) {
+            cumulative += count;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        cumulative += counts[bounds.len()];
+        h.set_bucket(buckets);
+        h.set_sample_count(cumulative);
+        h.set_sample_sum(sum);
+        self.histogram = Some(h);
+        self
+    }
+
+    pub fn finish(self) -> Option<MetricFamily> {
+        let mut family = MetricFamily::default();
+        family.set_name(self.def.name.to_owned());
+        family.set_help(self.def.help.to_owned());
+        family.set_field_type(self.def.kind);
+        let mut metrics = Vec::new();
+        if let Some(h) = self.histogram {
+            let mut m = proto::Metric::default();
+            m.set_histogram(h);
+            metrics.push(m);
+        }
+        for (values, value) in self.samples {
+            let mut m = proto::Metric::default();
+            let labels = self
+                .def
+                .labels
+                .iter()
+                .zip(values)
+                .map(|(name, value)| {
+                    let mut pair = proto::LabelPair::default();
+                    pair.set_name((*name).to_owned());
+                    pair.set_value(value);
+                    pair
+                })
+                .collect();
+            m.set_label(labels);
+            match self.def.kind {
+                COUNTER => {
+                    let mut c = proto::Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                }
+                _ => {
+                    let mut g = proto::Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+            }
+            metrics.push(m);
+        }
+        if metrics.is_empty() {
+            return None;
+        }
+        family.set_metric(metrics);
+        Some(family)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rendering the exposition failed")]
+pub struct RenderError(#[source] prometheus::Error);
+
+/// Prometheus text exposition of `families`.
+pub fn encode(families: &[MetricFamily]) -> Result<String, RenderError> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(families, &mut out).map_err(RenderError)?;
+    String::from_utf8(out).map_err(|err| RenderError(prometheus::Error::Msg(err.to_string())))
+}
+
+/// Prometheus text exposition of a snapshot.
+pub fn render(snap: &Snapshot) -> Result<String, RenderError> {
+    encode(&gather(snap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(families: Vec<Option<MetricFamily>>) -> String {
+        encode(&families.into_iter().flatten().collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn reserved_tables_have_names() {
+        assert_eq!(table_label(255), "local");
+        assert_eq!(table_label(254), "main");
+        assert_eq!(table_label(253), "default");
+        assert_eq!(table_label(100), "100");
+        assert_eq!(family_label(family::IPV6), "ipv6");
+    }
+
+    #[test]
+    fn an_empty_snapshot_renders_every_always_present_family() {
+        let out = render(&Snapshot::default()).unwrap();
+        for name in [
+            "netns_setup_failures_total",
+            "netns_destroyed_total",
+            "netns_alive",
+            "netns_agent_events_lost_total",
+        ] {
+            assert!(out.contains(&format!("\n{name} 0\n")), "{name}: {out}");
+        }
+    }
+
+    #[test]
+    fn counters_render_with_help_type_and_labels() {
+        let mut f = Family::new(&CREATED);
+        f.add(&["ip"], 5.0).add(&["unshare"], 3.0);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains("# TYPE netns_created_total counter"), "{out}");
+        assert!(out.contains("netns_created_total{comm=\"ip\"} 5\n"), "{out}");
+        assert!(out.contains("netns_created_total{comm=\"unshare\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        let mut f = Family::new(&CREATED);
+        f.add(&[&crate::parse::labels::from_kernel(b"a\"b\\c\nd\xff")], 1.0);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains(r#"netns_created_total{comm="a\"b\\c\nd\\xff"} 1"#), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("netns_created_total")).count(), 1);
+    }
+
+    #[test]
+    fn equal_label_values_are_merged() {
+        let mut f = Family::new(&CREATED);
+        f.add(&["x"], 1.0).add(&["x"], 2.0);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains("netns_created_total{comm=\"x\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_in_inf() {
+        let mut f = Family::new(&SETUP_DURATION);
+        f.histogram(&[0.001, 0.01], &[2, 3, 1], 0.05);
+        let out = text(vec![f.finish()]);
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"0.01\"} 5\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_bucket{le=\"+Inf\"} 6\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_count 6\n"), "{out}");
+        assert!(out.contains("netns_setup_duration_seconds_sum 0.05\n"), "{out}");
+    }
+
+    #[test]
+    fn empty_families_are_left_out() {
+        assert!(Family::new(&CREATED).finish().is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "wrong label count")]
+    fn label_count_is_checked() {
+        Family::new(&CREATED).add(&[], 1.0);
+    }
+}

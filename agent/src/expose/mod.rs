@@ -1,0 +1,26 @@
+//! The ways out: the Prometheus exposition (`metrics`) and the HTTP server with the JSON
+//! API (`http`). Both render from a [`crate::model::snapshot::Snapshot`]; nothing here
+//! reads the kernel or /proc itself, it asks a [`Source`].
+
+pub mod http;
+pub mod metrics;
+
+use crate::model::{
+    snapshot::Snapshot,
+    view::{EventsView, NamespaceView},
+};
+
+/// What the server serves from. The daemon implements it; tests can fake it.
+pub trait Source: Send + Sync + 'static {
+    /// A fresh snapshot. Blocking (reads kernel maps): the server calls it on a blocking thread.
+    fn snapshot(&self) -> Snapshot;
+    /// Journal entries after `since`, concerning `netns` if given, at most `limit`.
+    fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> EventsView;
+    /// The namespace inode of a process, or `None` if there is no such process. Blocking.
+    fn netns_of_pid(&self, pid: i32) -> Option<u32>;
+}
+
+/// The namespaces of a snapshot, for `/api/v1/namespaces`.
+pub fn namespaces(snapshot: Snapshot) -> Vec<NamespaceView> {
+    snapshot.namespaces
+}

@@ -1,0 +1,142 @@
+//! Namespace lifecycle (kernel side: `ebpf/src/lifecycle.rs`): the kernel's counters read
+//! into the model's plain data, and each creation, teardown or setup failure applied to the
+//! model (namespace table, owner, journal).
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+};
+use netns_agent_common::{
+    COMM_LEN,
+    events::kind,
+    lifecycle::{LifecycleEvent, SETUP_HISTOGRAM_SLOTS, counter},
+};
+
+use super::EventContext;
+use crate::{
+    kernel::{
+        clock,
+        maps::{MapError, take},
+        procfs,
+    },
+    model::{counters::LifecycleCounters, journal::Entry, namespaces::Creation},
+    parse::labels,
+};
+
+/// The kernel's lifecycle maps.
+pub struct LifecycleMaps {
+    counters: Array<MapData, u64>,
+    histogram: Array<MapData, u64>,
+    by_comm: HashMap<MapData, [u8; COMM_LEN], u64>,
+}
+
+impl LifecycleMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+        Ok(Self {
+            counters: take(ebpf, "LIFECYCLE_COUNTERS")?,
+            histogram: take(ebpf, "SETUP_HISTOGRAM")?,
+            by_comm: take(ebpf, "CREATED_BY_COMM")?,
+        })
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        self.counters.get(&slot, 0).unwrap_or(0)
+    }
+
+    pub fn read(&self) -> LifecycleCounters {
+        LifecycleCounters {
+            created_by_comm: self
+                .by_comm
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(comm, n)| (labels::from_kernel(&comm), n))
+                .collect(),
+            created_comm_overflow: self.counter(counter::CREATED_COMM_OVERFLOW),
+            setup_failures: self.counter(counter::SETUP_FAILURES),
+            setup_buckets: (0..SETUP_HISTOGRAM_SLOTS)
+                .map(|slot| self.histogram.get(&slot, 0).unwrap_or(0))
+                .collect(),
+            setup_sum_ns: self.counter(counter::SETUP_SUM_NS),
+            destroyed: self.counter(counter::DESTROYED),
+            // Two's complement in the kernel: seeded by the walk, so never below zero once
+            // the inventory ran; clamp for kernels where it cannot.
+            alive: (self.counter(counter::ALIVE) as i64).max(0) as u64,
+            live_full: self.counter(counter::LIVE_FULL),
+            reconciled: self.counter(counter::RECONCILED),
+        }
+    }
+}
+
+/// Applies one lifecycle event to the model.
+pub fn apply(cx: &EventContext<'_>, e: &LifecycleEvent) {
+    let entry = match e.kind {
+        kind::NETNS_CREATED => created(cx, e),
+        kind::NETNS_DESTROYED => destroyed(cx, e),
+        _ => Entry { kind: "netns_setup_failed".into(), error: Some(e.error), ..base(e) },
+    };
+    log::info!("{}", entry.line());
+    cx.model.with(|state| state.journal.push(entry));
+}
+
+fn base(e: &LifecycleEvent) -> Entry {
+    Entry {
+        time: crate::model::journal::format_time(clock::wall(e.ts_ns)),
+        pid: e.pid,
+        comm: labels::from_kernel(&e.comm),
+        ..Default::default()
+    }
+}
+
+/// A creation: track it, resolve who made it before the process can exit.
+fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
+    cx.model.with(|state| state.namespaces.alive(e.cookie, e.inum));
+    (cx.on_new_namespace)();
+    let creator = procfs::process(cx.sources, e.pid as i32);
+    let container_id = creator.as_ref().map(|c| c.container_id.clone()).unwrap_or_default();
+    // The process now in the namespace (the caller of unshare, a clone's child).
+    let member_pid = if e.member_pid != 0 { e.member_pid } else { e.pid };
+    let member = if member_pid == e.pid { creator } else { procfs::process(cx.sources, member_pid as i32) };
+    let setup_ms = e.duration_ns as f64 / 1e6;
+    let base = base(e);
+    let pod = cx.model.with(|state| {
+        if let Some(member) = member.filter(|m| m.netns == e.inum) {
+            let owner = state.ownership.owners.entry(member.netns).or_default();
+            if owner.main.is_none() {
+                owner.main = Some(member.info);
+                owner.processes = owner.processes.max(1);
+                owner.container_id = member.container_id;
+            }
+        }
+        state.namespaces.created(
+            e.cookie,
+            clock::wall(e.ts_ns),
+            Creation { pid: e.pid, comm: base.comm.clone(), container_id: container_id.clone(), setup_ms },
+        );
+        state.ownership.owners.get(&e.inum).map(|o| o.pod.clone()).filter(|p| !p.is_empty())
+    });
+    Entry {
+        kind: "netns_created".into(),
+        netns: Some(e.inum),
+        container_id: Some(container_id).filter(|c| !c.is_empty()),
+        pod,
+        setup_ms: (e.duration_ns != 0).then_some(setup_ms),
+        ..base
+    }
+}
+
+fn destroyed(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
+    let age = cx.model.with(|state| {
+        state.namespaces.destroyed(e.cookie, e.inum, std::time::Instant::now(), e.ts_ns);
+        state
+            .namespaces
+            .get(e.cookie)
+            .filter(|ns| ns.created.is_some())
+            .and_then(|ns| clock::wall(e.ts_ns).duration_since(ns.first_seen).ok())
+    });
+    Entry {
+        kind: "netns_destroyed".into(),
+        netns: Some(e.inum),
+        age_seconds: age.map(|a| a.as_secs_f64()),
+        ..base(e)
+    }
+}

@@ -1,0 +1,206 @@
+//! Facts about the running kernel and the agent's privileges that decide what can attach.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::{BufRead as _, BufReader},
+    path::Path,
+};
+
+/// Oldest kernel the agent runs on: the BPF ring buffer arrived in 5.8.
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(
+        "not permitted: loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_ADMIN); run netns-agent with sudo"
+    )]
+    NotPrivileged,
+    #[error(
+        "kernel {release} is too old: netns-agent needs Linux {}.{} or newer (BPF ring buffer)",
+        MIN_KERNEL.0,
+        MIN_KERNEL.1
+    )]
+    KernelTooOld { release: String },
+    #[error("cannot read the kernel release ({0}); is /proc mounted?")]
+    NoRelease(String),
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> Result<String, HostError> {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .map_err(|err| HostError::NoRelease(err.to_string()))
+}
+
+/// The (major, minor) of a release string such as `6.12.117+deb12-amd64`.
+pub fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Fails for kernels older than [`MIN_KERNEL`]; an unparsable release is given the benefit
+/// of the doubt (the loader will say what is missing).
+pub fn check_kernel_version(release: &str) -> Result<(), HostError> {
+    match parse_version(release) {
+        Some(version) if version < MIN_KERNEL => Err(HostError::KernelTooOld { release: release.to_owned() }),
+        _ => Ok(()),
+    }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set from a `/proc/PID/status` text.
+pub fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// True if `caps` allow loading and attaching tracing programs.
+pub fn caps_allow_bpf(caps: u64) -> bool {
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+pub fn check_privileges() -> Result<(), HostError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match effective_caps(&status) {
+        Some(caps) if caps_allow_bpf(caps) => Ok(()),
+        _ => Err(HostError::NotPrivileged),
+    }
+}
+
+/// Where tracefs is, mounting it if nobody has: classic tracepoints need its `events/`.
+pub fn ensure_tracefs() -> Result<&'static str, String> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+    for dir in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(dir);
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: constant NUL-terminated strings; mount(2) does not keep the pointers.
+    let rc = unsafe {
+        libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc == 0 && Path::new(TRACEFS).join("events").is_dir() {
+        log::info!("mounted tracefs at {TRACEFS}");
+        Ok(TRACEFS)
+    } else {
+        Err(format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({})",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// True if a classic tracepoint exists.
+pub fn has_tracepoint(tracefs: &str, category: &str, name: &str) -> bool {
+    Path::new(tracefs).join("events").join(category).join(name).is_dir()
+}
+
+/// Why kprobes cannot work here, or `None` if the kernel has them.
+pub fn kprobe_support() -> Option<String> {
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe");
+    let legacy = ["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"];
+    if pmu.exists() || legacy.iter().any(|p| Path::new(p).exists()) {
+        None
+    } else {
+        Some(format!(
+            "no kprobe PMU ({}) and no kprobe_events in tracefs: the kernel was built without \
+             CONFIG_KPROBES",
+            pmu.display()
+        ))
+    }
+}
+
+/// Which of `wanted` are functions in `/proc/kallsyms` (kprobe targets), with addresses.
+pub fn kallsyms_functions(wanted: &[&str]) -> HashMap<String, u64> {
+    let Ok(file) = fs::File::open("/proc/kallsyms") else {
+        return HashMap::new();
+    };
+    let wanted: HashSet<&str> = wanted.iter().copied().collect();
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (addr, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+            let addr = u64::from_str_radix(addr, 16).ok()?;
+            (matches!(kind, "T" | "t") && wanted.contains(name)).then(|| (name.to_owned(), addr))
+        })
+        .collect()
+}
+
+/// Limits malloc to two arenas: plenty for a handful of threads, and it keeps freed memory
+/// from being scattered over one arena per short-lived blocking thread. Call it first thing
+/// in `main`, before any thread exists.
+pub fn limit_arenas() {
+    // SAFETY: mallopt only tunes the allocator; called before other threads exist.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+}
+
+/// Hands free heap pages back to the system (after a BTF parse or a /proc scan).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Blocks the calling thread until SIGINT or SIGTERM arrives.
+pub fn wait_for_termination() {
+    // SAFETY: a signal set built and waited on by this thread only; the signals are blocked
+    // first so that sigwait, not the default action, receives them.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut got = 0;
+        libc::sigwait(&set, &mut got);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_from_distribution_releases() {
+        assert_eq!(parse_version("6.12.117+deb12-amd64"), Some((6, 12)));
+        assert_eq!(parse_version("6.1.0-56-amd64"), Some((6, 1)));
+        assert_eq!(parse_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_version("5.4"), Some((5, 4)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn old_kernels_are_refused_with_the_minimum_named() {
+        let err = check_kernel_version("5.4.0-150-generic").unwrap_err().to_string();
+        assert!(err.contains("5.4.0-150-generic is too old"), "{err}");
+        assert!(err.contains("5.8 or newer"), "{err}");
+        assert!(check_kernel_version("5.8.0").is_ok());
+        assert!(check_kernel_version("6.18.44").is_ok());
+        assert!(check_kernel_version("unknown").is_ok());
+    }
+
+    #[test]
+    fn capabilities_are_read_from_status() {
+        let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        let nobody = "Name:\tx\nCapEff:\t0000000000000000\n";
+        let bpf_only = format!("CapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1 << CAP_PERFMON));
+        assert!(caps_allow_bpf(effective_caps(root).unwrap()));
+        assert!(!caps_allow_bpf(effective_caps(nobody).unwrap()));
+        assert!(caps_allow_bpf(effective_caps(&bpf_only).unwrap()));
+        assert_eq!(effective_caps("no caps here"), None);
+    }
+}

@@ -1,0 +1,95 @@
+//! Start-up against the kernel: privileges and version, the BTF layout, then the object
+//! loaded with its globals (field offsets) and map sizes set before the kernel sees it.
+//! Programs are loaded one by one later, by the attach engine.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use netns_agent_common::offsets::KernelOffsets;
+
+use super::{
+    host::{self, HostError},
+    layout::{KernelLayout, LayoutError, ResolvedField},
+    probes,
+};
+
+/// The kernel programs, built by `build.rs` from `ebpf/`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-agent"));
+
+/// Sizes of the kernel-side tables (`[limits]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub kernel_namespaces: u32,
+    pub event_buffer_bytes: u32,
+    pub route_keys: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("cannot parse BTF {path}")]
+    Btf {
+        path: PathBuf,
+        #[source]
+        source: aya::BtfError,
+    },
+    #[error("loading the eBPF object failed")]
+    Object(#[source] aya::EbpfError),
+}
+
+/// Everything start-up learns about the kernel, and the loaded (not yet attached) object.
+pub struct Prepared {
+    pub release: String,
+    /// The BTF file the offsets came from.
+    pub btf_path: PathBuf,
+    /// Functions the BTF describes, among those the probes hook.
+    pub btf_functions: HashSet<String>,
+    pub fields: Vec<ResolvedField>,
+    pub btf: Btf,
+    pub ebpf: Ebpf,
+    /// Addresses of the kernel functions the probes use.
+    pub kallsyms: HashMap<String, u64>,
+}
+
+/// The checks and loading shared by `run` and `check`. Each failure is one line that names
+/// the problem and the fix.
+pub fn prepare(btf_path: &Path, sizes: MapSizes) -> Result<Prepared, LoadError> {
+    host::check_privileges()?;
+    let release = host::kernel_release()?;
+    host::check_kernel_version(&release)?;
+    let layout = KernelLayout::open(btf_path)?;
+    let (offsets, fields) = layout.resolve();
+    let btf_functions =
+        probes::all_functions().into_iter().filter(|f| layout.has_function(f)).map(str::to_owned).collect();
+    // Two parses of the kernel BTF (tens of MiB each) must not be alive at once.
+    drop(layout);
+    let btf = Btf::parse_file(btf_path, Endianness::default())
+        .map_err(|source| LoadError::Btf { path: btf_path.to_owned(), source })?;
+    let kallsyms = host::kallsyms_functions(&probes::all_functions());
+    let cleanup_net = kallsyms.get("cleanup_net").copied().unwrap_or(0);
+    let ebpf = load(&offsets, cleanup_net, &btf, sizes)?;
+    Ok(Prepared { release, btf_path: btf_path.to_owned(), btf_functions, fields, btf, ebpf, kallsyms })
+}
+
+/// `cleanup_net` is the function's address (0 when unknown), for the tracepoint that
+/// watches teardown batches.
+fn load(offsets: &KernelOffsets, cleanup_net: u64, btf: &Btf, sizes: MapSizes) -> Result<Ebpf, LoadError> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("OFFSETS", offsets, true)
+        .override_global("CLEANUP_NET_ADDR", &cleanup_net, true)
+        .map_max_entries("LIVE", sizes.kernel_namespaces)
+        .map_max_entries("TEARDOWN_MARKERS", sizes.kernel_namespaces)
+        .map_max_entries("TABLE_OWNER", sizes.kernel_namespaces)
+        .map_max_entries("DEVICE_MOVES", sizes.kernel_namespaces)
+        .map_max_entries("ROUTE_LOOKUPS", sizes.route_keys)
+        .map_max_entries("EVENTS", sizes.event_buffer_bytes)
+        .load(OBJECT)
+        .map_err(LoadError::Object)
+}

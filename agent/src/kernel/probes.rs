@@ -1,0 +1,481 @@
+//! The probe registry: every logical probe, its hooks in each attach mode, and what each
+//! mode measures. The attach engine, `netns_agent_probe_attached` and `check` all read this
+//! one list.
+
+use std::fmt;
+
+/// How a probe hooks the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// BPF trampolines on function entry/exit (fentry/fexit): exact, cheap; needs BTF and a
+    /// kernel that allows them.
+    Fentry,
+    /// kprobes/kretprobes: exact, the most expensive per hit; needs CONFIG_KPROBES.
+    Kprobe,
+    /// Tracepoints (classic and BTF): stable and cheap, but only where the kernel has one.
+    Tracepoint,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Fentry, Mode::Kprobe, Mode::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fentry => "fentry",
+            Mode::Kprobe => "kprobe",
+            Mode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One program and the kernel hook it attaches to. Function hooks list the names the
+/// function has had; the first one this kernel has is used.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    Fentry {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    Fexit {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    Kprobe {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    Kretprobe {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    /// A BTF-typed tracepoint (`tp_btf`): typed pointer arguments, no tracefs needed.
+    BtfTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// A classic tracepoint under tracefs `events/<category>/<name>`.
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+impl Hook {
+    pub fn program(&self) -> &'static str {
+        match *self {
+            Hook::Fentry { program, .. }
+            | Hook::Fexit { program, .. }
+            | Hook::Kprobe { program, .. }
+            | Hook::Kretprobe { program, .. }
+            | Hook::BtfTracepoint { program, .. }
+            | Hook::Tracepoint { program, .. } => program,
+        }
+    }
+
+    /// Candidate kernel function names, for function hooks.
+    pub fn functions(&self) -> &'static [&'static str] {
+        match *self {
+            Hook::Fentry { functions, .. }
+            | Hook::Fexit { functions, .. }
+            | Hook::Kprobe { functions, .. }
+            | Hook::Kretprobe { functions, .. } => functions,
+            Hook::BtfTracepoint { .. } | Hook::Tracepoint { .. } => &[],
+        }
+    }
+}
+
+/// A probe's implementation in one mode: all hooks attach, or none stays attached.
+#[derive(Debug)]
+pub struct Variant {
+    pub mode: Mode,
+    pub hooks: &'static [Hook],
+    /// Kernel fields (names from `layout`) the programs read.
+    pub fields: &'static [&'static str],
+    /// What this mode measures, for `check` and the README.
+    pub sees: &'static str,
+    /// Kernel symbols whose address the programs need (from /proc/kallsyms).
+    pub symbols: &'static [&'static str],
+}
+
+/// A logical probe.
+#[derive(Debug)]
+pub struct ProbeSpec {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Variants in the order `--attach auto` tries them (best first).
+    pub variants: &'static [Variant],
+}
+
+const NET_FIELDS: &[&str] = &["net_inum", "net_cookie", "net_prot_inuse", "task_nsproxy", "nsproxy_net_ns"];
+
+static NETNS_CREATE: ProbeSpec = ProbeSpec {
+    name: "netns_create",
+    summary: "network namespace creations, setup time and failures",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[
+                Hook::Fentry { program: "lifecycle_create_fentry", functions: &["copy_net_ns"] },
+                Hook::Fexit { program: "lifecycle_create_fexit", functions: &["copy_net_ns"] },
+            ],
+            fields: NET_FIELDS,
+            symbols: &[],
+            sees: "every copy_net_ns(CLONE_NEWNET) and its result; setup time is the whole \
+                   call (allocation, net_mutex wait, pernet init)",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe { program: "lifecycle_create_kprobe", functions: &["copy_net_ns"] },
+                Hook::Kretprobe { program: "lifecycle_create_kretprobe", functions: &["copy_net_ns"] },
+            ],
+            fields: NET_FIELDS,
+            symbols: &[],
+            sees: "every copy_net_ns(CLONE_NEWNET) and its result; setup time is the whole \
+                   call (allocation, net_mutex wait, pernet init)",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[
+                Hook::BtfTracepoint { program: "lifecycle_create_newtask", tracepoint: "task_newtask" },
+                Hook::Tracepoint {
+                    program: "lifecycle_unshare_enter",
+                    category: "syscalls",
+                    name: "sys_enter_unshare",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_unshare_exit",
+                    category: "syscalls",
+                    name: "sys_exit_unshare",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone_enter",
+                    category: "syscalls",
+                    name: "sys_enter_clone",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone_exit",
+                    category: "syscalls",
+                    name: "sys_exit_clone",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone3_enter",
+                    category: "syscalls",
+                    name: "sys_enter_clone3",
+                },
+                Hook::Tracepoint {
+                    program: "lifecycle_clone3_exit",
+                    category: "syscalls",
+                    name: "sys_exit_clone3",
+                },
+            ],
+            fields: &[
+                "net_inum",
+                "net_cookie",
+                "net_prot_inuse",
+                "task_nsproxy",
+                "nsproxy_net_ns",
+                "task_tgid",
+            ],
+            symbols: &[],
+            sees: "creations by clone/clone3 (task_newtask) and unshare (sys_exit_unshare); \
+                   setup time is the whole unshare/clone syscall; failures are those calls \
+                   failing with ENOMEM or ENOSPC (EPERM/EINVAL are refused before any \
+                   namespace work and are not counted)",
+        },
+    ],
+};
+
+static NETNS_DESTROY: ProbeSpec = ProbeSpec {
+    name: "netns_destroy",
+    summary: "network namespace teardowns",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fentry { program: "lifecycle_destroy_fentry", functions: &["__put_net"] }],
+            fields: &["net_cookie"],
+            symbols: &[],
+            sees: "__put_net: the last reference is gone and teardown is queued",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[Hook::Kprobe { program: "lifecycle_destroy_kprobe", functions: &["__put_net"] }],
+            fields: &["net_cookie"],
+            symbols: &[],
+            sees: "__put_net: the last reference is gone and teardown is queued",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[Hook::BtfTracepoint {
+                program: "lifecycle_destroy_percpu",
+                tracepoint: "percpu_free_percpu",
+            }],
+            fields: &["net_prot_inuse"],
+            symbols: &[],
+            sees: "percpu_free_percpu of the namespace's core.prot_inuse: its exit handlers \
+                   run in cleanup_net (teardown under way, usually within milliseconds of \
+                   the last reference)",
+        },
+    ],
+};
+
+const MOVE_FIELDS: &[&str] = &["netdev_nd_net", "netdev_ifindex", "netdev_name", "net_cookie", "net_inum"];
+
+static DEVICE_MOVE: ProbeSpec = ProbeSpec {
+    name: "device_move",
+    summary: "network devices moved between namespaces",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[
+                Hook::Fentry { program: "moves_begin_fentry", functions: MOVE_FUNCTIONS },
+                Hook::Fexit { program: "moves_end_fexit", functions: MOVE_FUNCTIONS },
+            ],
+            fields: MOVE_FIELDS,
+            symbols: &[],
+            sees: "every move through __dev_change_net_namespace, whoever asks (rtnetlink, \
+                   devices sent back to init_net when their namespace dies), with its error",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe { program: "moves_begin_kprobe", functions: MOVE_FUNCTIONS },
+                Hook::Kretprobe { program: "moves_end_kretprobe", functions: MOVE_FUNCTIONS },
+            ],
+            fields: MOVE_FIELDS,
+            symbols: &[],
+            sees: "every move through __dev_change_net_namespace, whoever asks (rtnetlink, \
+                   devices sent back to init_net when their namespace dies), with its error",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[
+                Hook::Tracepoint {
+                    program: "moves_sendmsg_enter",
+                    category: "syscalls",
+                    name: "sys_enter_sendmsg",
+                },
+                Hook::Tracepoint {
+                    program: "moves_sendmsg_exit",
+                    category: "syscalls",
+                    name: "sys_exit_sendmsg",
+                },
+                Hook::Tracepoint {
+                    program: "moves_sendto_enter",
+                    category: "syscalls",
+                    name: "sys_enter_sendto",
+                },
+                Hook::Tracepoint {
+                    program: "moves_sendto_exit",
+                    category: "syscalls",
+                    name: "sys_exit_sendto",
+                },
+            ],
+            fields: &[
+                "netdev_nd_net",
+                "netdev_ifindex",
+                "netdev_name",
+                "netdev_index_hlist",
+                "netdev_dev_list",
+                "net_cookie",
+                "net_inum",
+                "net_dev_index_head",
+                "net_dev_base_head",
+                "task_files",
+                "files_fdt",
+                "fdtable_fd",
+                "file_private_data",
+                "socket_sk",
+                "sock_net",
+                "sock_family",
+                "sock_protocol",
+            ],
+            symbols: &[],
+            sees: "moves asked for over rtnetlink with sendmsg or sendto (RTM_NEWLINK/SETLINK \
+                   with a target namespace), checked at the end of the call by where the device \
+                   is; misses moves made inside the kernel (devices returning to init_net when \
+                   a namespace dies) and requests sent with write/sendmmsg or as the second \
+                   message of a batch; a failure's errno is not visible",
+        },
+    ],
+};
+
+/// `__dev_change_net_namespace` on 5.13+ (and 6.15+, where `dev_change_net_namespace` is
+/// out of line again but only wraps it); `dev_change_net_namespace` on 5.12 and older.
+const MOVE_FUNCTIONS: &[&str] = &["__dev_change_net_namespace", "dev_change_net_namespace"];
+
+const ROUTE_V4_FIELDS: &[&str] =
+    &["fib_table_id", "fib_result_nhc", "nhc_dev", "netdev_nd_net", "net_cookie", "flowi4_iif"];
+
+static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
+    name: "route_lookup_ipv4",
+    summary: "IPv4 route lookups (fib_table_lookup), per namespace, table and result",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fexit { program: "routes_v4_fexit", functions: &["fib_table_lookup"] }],
+            fields: ROUTE_V4_FIELDS,
+            symbols: &[],
+            sees: "every table lookup; hits by the nexthop device's namespace, misses by the \
+                   namespace owning the table searched (known once the table has had a hit; \
+                   before that an output lookup counts for the caller's namespace and an \
+                   input lookup as unknown)",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[
+                Hook::BtfTracepoint { program: "routes_v4_tracepoint", tracepoint: "fib_table_lookup" },
+                Hook::BtfTracepoint { program: "routes_rx_begin", tracepoint: "netif_receive_skb" },
+                Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
+            ],
+            fields: &["nhc_dev", "netdev_nd_net", "netdev_ifindex", "net_cookie", "flowi4_iif", "skb_dev"],
+            symbols: &[],
+            sees: "every table lookup; hits by the nexthop device's namespace, misses of \
+                   received packets by the receiving device's namespace (unknown if the input \
+                   interface does not match it), other misses by the caller's namespace",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe { program: "routes_v4_kprobe", functions: &["fib_table_lookup"] },
+                Hook::Kretprobe { program: "routes_v4_kretprobe", functions: &["fib_table_lookup"] },
+            ],
+            fields: ROUTE_V4_FIELDS,
+            symbols: &[],
+            sees: "as fentry, at several times the cost per lookup",
+        },
+    ],
+};
+
+const ROUTE_V6_FIELDS: &[&str] =
+    &["fib6_table_id", "fib6_result_f6i", "fib6_result_type", "net_fib6_null_entry", "net_cookie"];
+
+static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
+    name: "route_lookup_ipv6",
+    summary: "IPv6 route lookups (fib6_table_lookup), per namespace, table and result",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fexit { program: "routes_v6_fexit", functions: &["fib6_table_lookup"] }],
+            fields: ROUTE_V6_FIELDS,
+            symbols: &[],
+            sees: "every fib6_table_lookup, by its net argument (exact)",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[Hook::BtfTracepoint {
+                program: "routes_v6_tracepoint",
+                tracepoint: "fib6_table_lookup",
+            }],
+            fields: ROUTE_V6_FIELDS,
+            symbols: &[],
+            sees: "fib6:fib6_table_lookup, by its net argument (exact)",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[
+                Hook::Kprobe { program: "routes_v6_kprobe", functions: &["fib6_table_lookup"] },
+                Hook::Kretprobe { program: "routes_v6_kretprobe", functions: &["fib6_table_lookup"] },
+            ],
+            fields: ROUTE_V6_FIELDS,
+            symbols: &[],
+            sees: "as fentry, at several times the cost per lookup",
+        },
+    ],
+};
+
+/// The probe that tells teardown batches ending; without it `dying` cannot be told.
+pub const CLEANUP_PROBE: &str = "netns_cleanup";
+
+static NETNS_CLEANUP: ProbeSpec = ProbeSpec {
+    name: CLEANUP_PROBE,
+    summary: "teardown batches (cleanup_net) finishing, which tells stuck teardowns",
+    variants: &[
+        Variant {
+            mode: Mode::Fentry,
+            hooks: &[Hook::Fexit { program: "lifecycle_cleanup_fexit", functions: &["cleanup_net"] }],
+            fields: &[],
+            symbols: &[],
+            sees: "the end of every cleanup_net run",
+        },
+        Variant {
+            mode: Mode::Kprobe,
+            hooks: &[Hook::Kretprobe { program: "lifecycle_cleanup_kretprobe", functions: &["cleanup_net"] }],
+            fields: &[],
+            symbols: &[],
+            sees: "the end of every cleanup_net run",
+        },
+        Variant {
+            mode: Mode::Tracepoint,
+            hooks: &[Hook::BtfTracepoint {
+                program: "lifecycle_cleanup_workqueue",
+                tracepoint: "workqueue_execute_end",
+            }],
+            fields: &[],
+            symbols: &["cleanup_net"],
+            sees: "workqueue_execute_end of the cleanup_net work item (the end of every run)",
+        },
+    ],
+};
+
+/// Every attachable probe, in the order they are attached and reported. The specs above
+/// are private: one left out of this list is dead code, which the lint refuses.
+pub static PROBES: &[&ProbeSpec] =
+    &[&NETNS_CREATE, &NETNS_DESTROY, &NETNS_CLEANUP, &DEVICE_MOVE, &ROUTE_LOOKUP_V4, &ROUTE_LOOKUP_V6];
+
+/// Kernel function names any probe may hook or need the address of (one kallsyms scan).
+pub fn all_functions() -> Vec<&'static str> {
+    let mut names: Vec<&str> = PROBES
+        .iter()
+        .flat_map(|p| p.variants.iter())
+        .flat_map(|v| v.hooks.iter())
+        .flat_map(|h| h.functions().iter().copied())
+        .chain(PROBES.iter().flat_map(|p| p.variants).flat_map(|v| v.symbols.iter().copied()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_probe_has_one_variant_per_mode() {
+        for probe in PROBES {
+            let modes: Vec<Mode> = probe.variants.iter().map(|v| v.mode).collect();
+            let unique: HashSet<Mode> = modes.iter().copied().collect();
+            assert_eq!(unique.len(), modes.len(), "{}: duplicate mode", probe.name);
+            assert_eq!(unique.len(), Mode::ALL.len(), "{}: a mode is missing", probe.name);
+        }
+    }
+
+    #[test]
+    fn program_names_are_unique() {
+        let mut seen = HashSet::new();
+        for hook in PROBES.iter().flat_map(|p| p.variants).flat_map(|v| v.hooks) {
+            assert!(seen.insert(hook.program()), "{} used twice", hook.program());
+        }
+    }
+
+    #[test]
+    fn fields_named_by_variants_exist() {
+        let known: HashSet<&str> = crate::kernel::layout::field_names().collect();
+        for variant in PROBES.iter().flat_map(|p| p.variants) {
+            for field in variant.fields {
+                assert!(known.contains(field), "unknown field {field}");
+            }
+        }
+    }
+}

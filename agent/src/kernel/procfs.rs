@@ -1,0 +1,199 @@
+//! Reading processes, mounts, file descriptors and the CNI cache from the host. Every
+//! namespace is identified by `stat` on a path (which holds nothing open), and processes or
+//! namespaces that vanish mid-scan are skipped, never an error. The text read here is
+//! untrusted and goes through [`crate::parse`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::parse::{self, cni::CniEntry, labels};
+
+/// Where the host's facts are read from (configurable so tests can use fixtures, and so a
+/// containerised agent can read the host's through `/proc/1/root`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sources {
+    /// The proc filesystem (`/proc`).
+    pub proc_root: PathBuf,
+    /// The CNI plugins' result cache (`/var/lib/cni/results`).
+    pub cni_cache_dir: PathBuf,
+}
+
+/// A process, as attribution needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// Label-safe comm (untrusted bytes from the kernel).
+    pub comm: String,
+    /// Start time in clock ticks since boot (orders processes by age).
+    pub start_ticks: u64,
+}
+
+/// One process and the namespace it is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// Its network namespace's inode number.
+    pub netns: u32,
+    pub info: ProcessInfo,
+    /// The container its cgroup names, or empty.
+    pub container_id: String,
+}
+
+/// `task_struct.flags` bit of kernel threads.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The inode number of the network namespace at `path` (a `/proc/PID/ns/net` link or an
+/// nsfs bind mount), without keeping anything open.
+pub fn netns_inode(path: &Path) -> Option<u32> {
+    std::fs::metadata(path).ok().and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// One process: its namespace and what attribution shows of it; `None` for a process that
+/// is gone or a kernel thread (those live in init_net but belong to no one).
+pub fn process(sources: &Sources, pid: i32) -> Option<ProcessRecord> {
+    let dir = sources.proc_root.join(pid.to_string());
+    let netns = netns_inode(&dir.join("ns/net"))?;
+    let stat = procfs::process::Process::new_with_root(dir.clone()).ok()?.stat().ok()?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return None;
+    }
+    let comm = std::fs::read(dir.join("comm")).ok()?;
+    let comm = labels::from_bytes(comm.strip_suffix(b"\n").unwrap_or(&comm));
+    let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    let info = ProcessInfo { pid, comm, start_ticks: stat.starttime };
+    Some(ProcessRecord {
+        netns,
+        info,
+        container_id: parse::cgroup::container_id(&cgroup).unwrap_or_default(),
+    })
+}
+
+/// The pids of every process now (threads excluded).
+pub fn pids(sources: &Sources) -> Vec<i32> {
+    match procfs::process::all_processes_with_root(&sources.proc_root) {
+        Ok(all) => all.flatten().map(|p| p.pid).collect(),
+        Err(err) => {
+            log::warn!("cannot list processes in {}: {err}", sources.proc_root.display());
+            Vec::new()
+        }
+    }
+}
+
+/// Every user process with its namespace.
+pub fn processes(sources: &Sources) -> Vec<ProcessRecord> {
+    pids(sources).into_iter().filter_map(|pid| process(sources, pid)).collect()
+}
+
+/// Names of namespaces held by nsfs bind mounts, from the mount tables of the host (pid 1)
+/// and of the agent.
+pub fn nsfs_mounts(sources: &Sources) -> Vec<(u32, String)> {
+    let mut found = std::collections::BTreeSet::new();
+    for pid in ["1", "self"] {
+        let Ok(text) = std::fs::read_to_string(sources.proc_root.join(pid).join("mountinfo")) else {
+            continue;
+        };
+        found.extend(parse::mountinfo::nsfs_mounts(&text));
+    }
+    found.into_iter().collect()
+}
+
+/// Entries of the CNI result cache whose namespace exists now, with its inode number.
+pub fn cni_entries(sources: &Sources) -> Vec<(u32, CniEntry)> {
+    let Ok(entries) = std::fs::read_dir(&sources.cni_cache_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter_map(|text| parse::cni::parse(&text))
+        .filter_map(|entry| {
+            // In a container the host's netns files are under /proc/1/root (hostPID).
+            let on_host = sources.proc_root.join("1/root").join(entry.netns_path.trim_start_matches('/'));
+            let inum = netns_inode(Path::new(&entry.netns_path)).or_else(|| netns_inode(&on_host))?;
+            Some((inum, entry))
+        })
+        .collect()
+}
+
+/// Something that keeps a namespace alive without living in it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    pub pid: i32,
+    pub comm: String,
+    pub fd: i32,
+    /// `netns fd` (an open /proc/PID/ns/net or nsfs file) or `socket` (created in it).
+    pub kind: &'static str,
+}
+
+/// `SIOCGSKNS`: an ioctl on a socket that returns a file descriptor of its namespace.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// Finds processes holding the namespaces `targets` through a file descriptor: an nsfs
+/// descriptor of the namespace, or a socket created in it. A socket's namespace is asked
+/// of the socket itself (duplicated with pidfd_getfd, SIOCGSKNS), and every duplicate is
+/// closed at once: the agent holds nothing past this call.
+pub fn find_holders(sources: &Sources, targets: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+    let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
+    if targets.is_empty() {
+        return found;
+    }
+    let nsfs_dev = std::fs::metadata(sources.proc_root.join("self/ns/net")).ok().map(|m| m.dev());
+    for pid in pids(sources) {
+        let dir = sources.proc_root.join(pid.to_string());
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else { continue };
+        let comm = std::fs::read(dir.join("comm"))
+            .map(|c| labels::from_bytes(c.trim_ascii_end()))
+            .unwrap_or_default();
+        let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
+        for fd in fds.flatten() {
+            let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            let (inum, kind) = if link.to_string_lossy().starts_with("socket:[") {
+                let pidfd = pidfd.get_or_insert_with(|| open_pidfd(pid));
+                (pidfd.as_ref().and_then(|p| socket_netns(p, fd_num)), "socket")
+            } else {
+                // An nsfs file, however it was opened (/proc/PID/ns/net, an ip netns path
+                // since unmounted): stat through the fd, which opens nothing.
+                match std::fs::metadata(fd.path()) {
+                    Ok(meta) if Some(meta.dev()) == nsfs_dev => (u32::try_from(meta.ino()).ok(), "netns fd"),
+                    _ => continue,
+                }
+            };
+            if let Some(inum) = inum.filter(|i| targets.contains(i)) {
+                found.entry(inum).or_default().push(Holder { pid, comm: comm.clone(), fd: fd_num, kind });
+            }
+        }
+    }
+    found
+}
+
+fn open_pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh fd nobody else owns; OwnedFd closes it on drop.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The namespace inode of socket `fd` of the process behind `pidfd`.
+fn socket_netns(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Option<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    // SAFETY: pidfd_getfd takes plain integers and duplicates the target's fd into ours, or fails.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd nobody else owns; dropping it closes it.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup as i32) };
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd of the socket's namespace, or fails.
+    let ns = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+    drop(socket);
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd nobody else owns; the File closes it on drop.
+    let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
+    ns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok())
+}

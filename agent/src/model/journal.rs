@@ -1,0 +1,271 @@
+//! The incident journal: every lifecycle event and device move with its time and its who,
+//! resolved when it happened. Kept in memory (bounded) and optionally appended as JSON
+//! lines to a file that rotates at a size cap, so it cannot fill a disk.
+
+use std::{
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// One journal entry. Fields that do not apply to a kind are left out of the JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the journal (increasing; `since` takes it).
+    pub seq: u64,
+    /// RFC 3339 time, UTC, milliseconds.
+    pub time: String,
+    /// `netns_created`, `netns_destroyed`, `netns_setup_failed`, `device_moved`,
+    /// `device_move_failed`.
+    pub kind: String,
+    /// The namespace (for moves: the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// Who: the process that asked (for teardown, whatever dropped the last reference).
+    pub pid: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Setup time of a creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_ms: Option<f64>,
+    /// Age of a namespace at teardown (when its creation was seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_ifindex: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_netns: Option<u32>,
+    /// The kernel's error (negative errno), where the mode sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<i32>,
+}
+
+impl Entry {
+    /// True if the entry concerns namespace `inum` (either side of a move).
+    pub fn concerns(&self, inum: u32) -> bool {
+        self.netns == Some(inum) || self.from_netns == Some(inum) || self.to_netns == Some(inum)
+    }
+
+    /// The entry as one human-readable line (the log and the CLI print the same).
+    pub fn line(&self) -> String {
+        let e = self;
+        let who = format!("pid {} ({})", e.pid, e.comm.escape_debug());
+        let detail = match e.kind.as_str() {
+            "netns_created" => {
+                let mut d = format!("netns {} created by {who}", e.netns.unwrap_or(0));
+                if let Some(ms) = e.setup_ms {
+                    let _ = write!(d, " in {ms:.1} ms");
+                }
+                if let Some(c) = &e.container_id {
+                    let _ = write!(d, ", container {}", c.chars().take(12).collect::<String>());
+                }
+                if let Some(p) = &e.pod {
+                    let _ = write!(d, ", pod {p}");
+                }
+                d
+            }
+            "netns_destroyed" => {
+                let age = e.age_seconds.map(|a| format!(" after {}", short_duration(a))).unwrap_or_default();
+                format!("netns {} destroyed{age}", e.netns.unwrap_or(0))
+            }
+            "netns_setup_failed" => {
+                format!("netns creation by {who} failed: errno {}", -e.error.unwrap_or(0))
+            }
+            "device_moved" => format!(
+                "device {} (ifindex {}) moved from netns {} to netns {} by {who}",
+                e.device.as_deref().unwrap_or("?").escape_debug(),
+                e.ifindex.unwrap_or(0),
+                e.from_netns.unwrap_or(0),
+                e.to_netns.unwrap_or(0)
+            ),
+            "device_move_failed" => format!(
+                "device {} (ifindex {}) failed to leave netns {} ({who}, error {})",
+                e.device.as_deref().unwrap_or("?").escape_debug(),
+                e.ifindex.unwrap_or(0),
+                e.from_netns.unwrap_or(0),
+                e.error.unwrap_or(0)
+            ),
+            other => format!("{other} {who}"),
+        };
+        format!("{}  {detail}", e.time)
+    }
+}
+
+/// `1h2m`, `3m4s`, `5.2s`: how `ps` and `kubectl get` show ages.
+pub fn short_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..60 => format!("{seconds:.1}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the events file {path}: {reason}")]
+pub struct FileError {
+    path: PathBuf,
+    reason: String,
+}
+
+/// The JSON-lines file: when the next line would pass `max_bytes`, the file becomes
+/// `<path>.1` (replacing the previous one) and a new one starts; at most twice the cap on disk.
+pub struct EventsFile {
+    path: PathBuf,
+    max_bytes: u64,
+    file: File,
+    written: u64,
+}
+
+impl EventsFile {
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, FileError> {
+        let error = |err: std::io::Error| FileError { path: path.to_owned(), reason: err.to_string() };
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(error)?;
+        let written = file.metadata().map_err(error)?.len();
+        Ok(Self { path: path.to_owned(), max_bytes, file, written })
+    }
+
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.written > 0 && self.written + len > self.max_bytes {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            std::fs::rename(&self.path, &rotated)?;
+            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.written = 0;
+        }
+        if len > self.max_bytes {
+            return Ok(()); // a single line larger than the cap is never written
+        }
+        writeln!(self.file, "{line}")?;
+        self.written += len;
+        Ok(())
+    }
+}
+
+/// The in-memory journal.
+pub struct Journal {
+    entries: VecDeque<Entry>,
+    capacity: usize,
+    next_seq: u64,
+    file: Option<EventsFile>,
+}
+
+impl Journal {
+    pub fn new(capacity: usize, file: Option<EventsFile>) -> Self {
+        Self { entries: VecDeque::with_capacity(capacity.min(4096)), capacity, next_seq: 1, file }
+    }
+
+    /// Records an entry (its `seq` is assigned here).
+    pub fn push(&mut self, mut entry: Entry) {
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(file) = &mut self.file {
+            match serde_json::to_string(&entry) {
+                Ok(line) => {
+                    if let Err(err) = file.append(&line) {
+                        log::warn!("events file {}: {err}; not writing it any more", file.path.display());
+                        self.file = None;
+                    }
+                }
+                Err(err) => log::warn!("cannot encode a journal entry: {err}"),
+            }
+        }
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(entry);
+    }
+
+    /// Entries after `since` (a seq), concerning `netns` if given, oldest first, at most
+    /// `limit` of them (the newest ones when more match).
+    pub fn query(&self, netns: Option<u32>, since: u64, limit: usize) -> Vec<Entry> {
+        let matching: Vec<&Entry> =
+            self.entries.iter().filter(|e| e.seq > since && netns.is_none_or(|n| e.concerns(n))).collect();
+        let skip = matching.len().saturating_sub(limit);
+        matching.into_iter().skip(skip).cloned().collect()
+    }
+
+    /// The seq of the newest entry (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, netns: u32) -> Entry {
+        Entry { kind: kind.into(), netns: Some(netns), ..Default::default() }
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(short_duration(5.23), "5.2s");
+        assert_eq!(short_duration(312.0), "5m12s");
+        assert_eq!(short_duration(7380.0), "2h3m");
+        assert_eq!(short_duration(90000.0), "1d1h");
+    }
+
+    #[test]
+    fn the_journal_is_bounded_and_queries_by_namespace_and_position() {
+        let mut j = Journal::new(3, None);
+        for n in 1..=5 {
+            j.push(entry("netns_created", n));
+        }
+        let all = j.query(None, 0, 100);
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(j.query(Some(4), 0, 100).len(), 1);
+        assert_eq!(j.query(None, 4, 100).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(j.query(None, 0, 2).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+        let mv = Entry {
+            kind: "device_moved".into(),
+            from_netns: Some(7),
+            to_netns: Some(8),
+            ..Default::default()
+        };
+        j.push(mv);
+        assert_eq!(j.query(Some(8), 0, 10).len(), 1, "a move concerns both namespaces");
+    }
+
+    #[test]
+    fn the_events_file_rotates_at_its_cap() {
+        let dir = std::env::temp_dir().join(format!("netns-agent-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut j = Journal::new(10, Some(EventsFile::open(&path, 1024).unwrap()));
+        for n in 0..100 {
+            j.push(entry("netns_created", n));
+        }
+        let current = std::fs::metadata(&path).unwrap().len();
+        let rotated = std::fs::metadata(dir.join("events.jsonl.1")).unwrap().len();
+        assert!(current <= 1024 && rotated <= 1024, "{current} {rotated}");
+        let last = std::fs::read_to_string(&path).unwrap();
+        let line: Entry = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+        assert_eq!(line.seq, 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,135 @@
+//! Who owns a namespace: its processes, its names, its container and its pod, assembled from
+//! the host's processes, nsfs mounts and the CNI result cache (read by `kernel::procfs`).
+//!
+//! The main process of a namespace is its oldest (earliest start time; lowest pid on a tie):
+//! for a container, the container's init; for `ip netns exec`, the first command started.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::SystemTime,
+};
+
+use crate::kernel::procfs::{self, Holder, ProcessInfo, ProcessRecord, Sources};
+
+/// What is known about one namespace (by inode number).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Names: `ip netns` names, other nsfs bind mounts by path.
+    pub names: BTreeSet<String>,
+    /// The oldest process in it.
+    pub main: Option<ProcessInfo>,
+    /// How many processes (not threads) are in it.
+    pub processes: u32,
+    /// The container of the main process (from its cgroup), else from the CNI cache.
+    pub container_id: String,
+    pub pod: String,
+    pub pod_namespace: String,
+}
+
+impl Owner {
+    /// Names joined for the `name` label.
+    pub fn name_label(&self) -> String {
+        self.names.iter().cloned().collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The result of the last full attribution scan.
+#[derive(Default, Debug)]
+pub struct Ownership {
+    pub owners: HashMap<u32, Owner>,
+    /// Processes holding orphaned namespaces by a file descriptor.
+    pub holders: HashMap<u32, Vec<Holder>>,
+    /// When the scan began.
+    pub scanned: Option<SystemTime>,
+}
+
+/// Scans everything: processes, mounts, CNI cache. Blocking (reads /proc): call it from a
+/// blocking thread.
+pub fn scan(sources: &Sources) -> HashMap<u32, Owner> {
+    assemble(procfs::processes(sources), procfs::nsfs_mounts(sources), procfs::cni_entries(sources))
+}
+
+/// Joins processes, mount names and CNI entries into owners by namespace inode.
+pub fn assemble(
+    processes: Vec<ProcessRecord>,
+    mounts: Vec<(u32, String)>,
+    cni: Vec<(u32, crate::parse::cni::CniEntry)>,
+) -> HashMap<u32, Owner> {
+    let mut owners: HashMap<u32, Owner> = HashMap::new();
+    for record in processes {
+        let owner = owners.entry(record.netns).or_default();
+        owner.processes += 1;
+        let older = owner
+            .main
+            .as_ref()
+            .is_none_or(|main| (record.info.start_ticks, record.info.pid) < (main.start_ticks, main.pid));
+        if older {
+            owner.main = Some(record.info);
+            owner.container_id = record.container_id;
+        }
+    }
+    for (inum, name) in mounts {
+        owners.entry(inum).or_default().names.insert(name);
+    }
+    for (inum, entry) in cni {
+        let owner = owners.entry(inum).or_default();
+        if let Some((name, namespace)) = entry.pod {
+            owner.pod = name;
+            owner.pod_namespace = namespace;
+        }
+        if owner.container_id.is_empty() {
+            owner.container_id = entry.container_id;
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::cni::CniEntry;
+
+    fn record(netns: u32, pid: i32, start: u64, container: &str) -> ProcessRecord {
+        ProcessRecord {
+            netns,
+            info: ProcessInfo { pid, comm: format!("p{pid}"), start_ticks: start },
+            container_id: container.into(),
+        }
+    }
+
+    #[test]
+    fn the_oldest_process_is_the_main_one_and_names_its_container() {
+        let owners = assemble(
+            vec![record(7, 300, 50, "c-young"), record(7, 200, 10, "c-old"), record(7, 100, 10, "c-tie")],
+            vec![(7, "red".into())],
+            vec![],
+        );
+        let o = &owners[&7];
+        assert_eq!(o.processes, 3);
+        assert_eq!(o.main.as_ref().unwrap().pid, 100, "lowest pid wins a tie");
+        assert_eq!(o.container_id, "c-tie");
+        assert_eq!(o.name_label(), "red");
+    }
+
+    #[test]
+    fn cni_entries_give_pods_and_fill_a_missing_container() {
+        let pod = CniEntry {
+            netns_path: "/x".into(),
+            container_id: "sandbox".into(),
+            pod: Some(("web".into(), "shop".into())),
+        };
+        let owners = assemble(vec![record(8, 1, 1, "")], vec![], vec![(8, pod)]);
+        assert_eq!((owners[&8].pod.as_str(), owners[&8].pod_namespace.as_str()), ("web", "shop"));
+        assert_eq!(owners[&8].container_id, "sandbox");
+    }
+
+    #[test]
+    fn a_real_scan_finds_this_process() {
+        let sources = Sources { proc_root: "/proc".into(), cni_cache_dir: "/nonexistent".into() };
+        let owners = scan(&sources);
+        let me = procfs::process(&sources, std::process::id() as i32).unwrap();
+        let owner = &owners[&me.netns];
+        assert!(owner.processes >= 1);
+        assert!(owner.main.as_ref().unwrap().start_ticks <= me.info.start_ticks);
+    }
+}

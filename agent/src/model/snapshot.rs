@@ -1,0 +1,182 @@
+//! The one join: namespaces x owners x the kernel's counters, at one moment. `/metrics`, the
+//! JSON API and the CLI (through the API) all read this, so they cannot disagree.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
+
+use netns_agent_common::{moves::MoveCounts, routes::result};
+
+use super::{
+    Model,
+    counters::{Counters, RouteCount},
+    journal,
+    owners::Owner,
+    states::{self, State},
+    view::{CreatorView, HolderView, NamespaceView, ProcessView},
+};
+
+/// One probe and how it attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub name: &'static str,
+    /// The mode it attached in, if any.
+    pub attached: Option<&'static str>,
+    /// Every mode it has.
+    pub modes: Vec<&'static str>,
+}
+
+/// Facts fixed at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentFacts {
+    pub version: &'static str,
+    pub kernel: String,
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// A supervised task's health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskHealth {
+    pub name: &'static str,
+    pub restarts: u64,
+}
+
+/// Route counts of one (namespace, family, table), with the `netns` label resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSeries {
+    pub netns: String,
+    pub family: u32,
+    pub table: u32,
+    pub by_result: [u64; result::COUNT],
+}
+
+/// Everything the agent shows, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub facts: AgentFacts,
+    pub tasks: Vec<TaskHealth>,
+    pub counters: Counters,
+    /// Every namespace tracked one by one (alive, or gone within the grace period).
+    pub namespaces: Vec<NamespaceView>,
+    /// Namespaces the kernel holds, by state (every held state present, 0 included).
+    pub states: Vec<(State, u64)>,
+    /// Namespaces folded into `overflow` since start.
+    pub dropped: u64,
+    pub routes: Vec<RouteSeries>,
+    /// Device moves by `netns` label.
+    pub moves: Vec<(String, MoveCounts)>,
+}
+
+impl Model {
+    /// Joins the model with the kernel's counters.
+    pub fn snapshot(&self, facts: AgentFacts, tasks: Vec<TaskHealth>, counters: Counters) -> Snapshot {
+        let mut route_totals: HashMap<u64, (u64, u64)> = HashMap::new();
+        for r in &counters.routes {
+            let total = route_totals.entry(r.cookie).or_default();
+            total.0 += r.by_result.iter().sum::<u64>();
+            total.1 += r.by_result.iter().skip(result::HIT + 1).sum::<u64>();
+        }
+        let move_totals: HashMap<u64, MoveCounts> = counters.moves.iter().copied().collect();
+        let now = SystemTime::now();
+        let none = Owner::default();
+        self.with(|state| {
+            let ownership = &state.ownership;
+            let ctx = self.state_context(ownership.scanned, counters.cleanup_end_ns);
+            let mut by_state: BTreeMap<State, u64> = State::HELD.iter().map(|s| (*s, 0)).collect();
+            let mut namespaces: Vec<NamespaceView> = state
+                .namespaces
+                .iter()
+                .map(|(cookie, ns)| {
+                    let owner =
+                        ownership.owners.get(&ns.inum).filter(|_| ns.destroyed_at.is_none()).unwrap_or(&none);
+                    let s = states::classify(ns, Some(owner), &ctx);
+                    if let Some(n) = by_state.get_mut(&s) {
+                        *n += 1;
+                    }
+                    let (lookups, failures) = route_totals.get(&cookie).copied().unwrap_or_default();
+                    let moves = move_totals.get(&cookie).copied().unwrap_or_default();
+                    NamespaceView {
+                        netns: ns.inum,
+                        cookie,
+                        state: s.as_str().to_owned(),
+                        names: owner.names.iter().cloned().collect(),
+                        age_seconds: now.duration_since(ns.first_seen).unwrap_or_default().as_secs_f64(),
+                        created: ns.created.as_ref().map(|_| journal::format_time(ns.first_seen)),
+                        creator: ns.created.as_ref().map(|c| CreatorView {
+                            pid: c.pid,
+                            comm: c.comm.clone(),
+                            container_id: c.container_id.clone(),
+                            setup_ms: c.setup_ms,
+                        }),
+                        main_process: owner
+                            .main
+                            .as_ref()
+                            .map(|m| ProcessView { pid: m.pid, comm: m.comm.clone() }),
+                        processes: owner.processes,
+                        container_id: owner.container_id.clone(),
+                        pod: owner.pod.clone(),
+                        pod_namespace: owner.pod_namespace.clone(),
+                        devices_moved_in: moves.moved_in,
+                        devices_moved_out: moves.moved_out,
+                        device_move_failures: moves.failed,
+                        route_lookups: lookups,
+                        route_failures: failures,
+                        holders: ownership
+                            .holders
+                            .get(&ns.inum)
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| HolderView {
+                                        pid: h.pid,
+                                        comm: h.comm.clone(),
+                                        fd: h.fd,
+                                        kind: h.kind.to_owned(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect();
+            namespaces.sort_by_key(|v| (v.netns, v.cookie));
+            // A namespace not known yet (its creation event is still in flight) shows up on
+            // the next snapshot; one whose series expired is about to be deleted.
+            let routes = counters
+                .routes
+                .iter()
+                .filter_map(|r: &RouteCount| {
+                    Some(RouteSeries {
+                        netns: state.namespaces.label(r.cookie)?,
+                        family: r.family,
+                        table: r.table,
+                        by_result: r.by_result,
+                    })
+                })
+                .collect();
+            let moves = counters
+                .moves
+                .iter()
+                .filter_map(|(cookie, counts)| Some((state.namespaces.label(*cookie)?, *counts)))
+                .collect();
+            Snapshot {
+                facts,
+                tasks,
+                namespaces,
+                states: by_state.into_iter().collect(),
+                dropped: state.namespaces.dropped,
+                routes,
+                moves,
+                counters,
+            }
+        })
+    }
+
+    /// `/api/v1/events?netns=&since=&limit=`.
+    pub fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> super::view::EventsView {
+        self.with(|state| super::view::EventsView {
+            events: state.journal.query(netns, since, limit),
+            last_seq: state.journal.last_seq(),
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! The API's objects: what `/api/v1/namespaces` and `/api/v1/events` serve and what the
+//! command-line client reads back. Built by the snapshot's join (`snapshot.rs`); the server
+//! (`expose`) and the client (`cli`) share them through here.
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::Entry;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessView {
+    pub pid: i32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CreatorView {
+    pub pid: u32,
+    pub comm: String,
+    pub container_id: String,
+    pub setup_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HolderView {
+    pub pid: i32,
+    pub comm: String,
+    pub fd: i32,
+    pub kind: String,
+}
+
+/// One namespace, everything the agent knows about it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NamespaceView {
+    /// The inode number (the `netns` label).
+    pub netns: u32,
+    /// The kernel's never-reused id.
+    pub cookie: u64,
+    pub state: String,
+    pub names: Vec<String>,
+    /// Since creation (if seen) or first sight.
+    pub age_seconds: f64,
+    pub created: Option<String>,
+    pub creator: Option<CreatorView>,
+    pub main_process: Option<ProcessView>,
+    pub processes: u32,
+    pub container_id: String,
+    pub pod: String,
+    pub pod_namespace: String,
+    pub devices_moved_in: u64,
+    pub devices_moved_out: u64,
+    pub device_move_failures: u64,
+    pub route_lookups: u64,
+    pub route_failures: u64,
+    /// What holds an orphaned namespace, where found.
+    pub holders: Vec<HolderView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventsView {
+    pub events: Vec<Entry>,
+    /// Pass as `since` to get only newer events.
+    pub last_seq: u64,
+}
