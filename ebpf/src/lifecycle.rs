@@ -411,11 +411,17 @@ pub fn lifecycle_cleanup_kretprobe(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[btf_tracepoint(function = "workqueue_execute_end")]
-pub fn lifecycle_cleanup_workqueue(ctx: BtfTracePointContext) -> u32 {
-    // workqueue_execute_end(struct work_struct *work, work_func_t function): every work item
-    // of the system passes here; one compare keeps the others cheap.
-    let function: u64 = ctx.arg(1);
+/// `workqueue:workqueue_execute_end`'s `function` field: after the 8 bytes of common
+/// fields and `void *work` (the format has carried `function` since 5.6).
+const WORKQUEUE_FUNCTION: usize = 16;
+
+#[tracepoint]
+pub fn lifecycle_cleanup_workqueue(ctx: TracePointContext) -> u32 {
+    // Every work item of the system passes here; one compare keeps the others cheap. A
+    // classic tracepoint, not tp_btf: the verifier refuses typed access to the
+    // `work_func_t` argument (a function pointer is not a struct).
+    // SAFETY: the offset is inside this tracepoint's record (see its format file).
+    let function: u64 = unsafe { ctx.read_at(WORKQUEUE_FUNCTION) }.unwrap_or(0);
     // SAFETY: volatile read of a read-only global set by the loader.
     let cleanup_net = unsafe { core::ptr::read_volatile(&raw const CLEANUP_NET_ADDR) };
     if cleanup_net != 0 && function == cleanup_net {

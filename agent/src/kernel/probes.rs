@@ -415,9 +415,10 @@ static NETNS_CLEANUP: ProbeSpec = ProbeSpec {
         },
         Variant {
             mode: Mode::Tracepoint,
-            hooks: &[Hook::BtfTracepoint {
+            hooks: &[Hook::Tracepoint {
                 program: "lifecycle_cleanup_workqueue",
-                tracepoint: "workqueue_execute_end",
+                category: "workqueue",
+                name: "workqueue_execute_end",
             }],
             fields: &[],
             symbols: &["cleanup_net"],
