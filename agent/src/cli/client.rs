@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::model::view::{EventsView, NamespaceView};
+use crate::model::{
+    journal::Filter,
+    view::{EventsView, NamespaceView},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -54,8 +57,9 @@ impl Client {
         self.get(&format!("/api/v1/namespaces?pid={pid}"))
     }
 
-    pub fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> Result<EventsView, ClientError> {
-        let filter = netns.map(|n| format!("&netns={n}")).unwrap_or_default();
+    pub fn events(&self, filter: &Filter, since: u64, limit: usize) -> Result<EventsView, ClientError> {
+        let filter = filter.netns.map(|n| format!("&netns={n}")).unwrap_or_default()
+            + &filter.cookie.map(|c| format!("&cookie={c}")).unwrap_or_default();
         self.get(&format!("/api/v1/events?since={since}&limit={limit}{filter}"))
     }
 }

@@ -17,7 +17,7 @@ use client::Client;
 
 use crate::{
     config::{FileConfig, Overrides, Settings},
-    model::{states::State, view::NamespaceView},
+    model::{journal::Filter, states::State, view::NamespaceView},
 };
 
 /// Settings for a command from its config file and flags.
@@ -66,18 +66,38 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show(args) => {
             let c = Client::new(&args.agent.agent);
             let ns = client::find(&c, &args.namespace)?;
-            let journal = c.events(Some(ns.netns), 0, 10_000)?.events;
+            // The journal of this namespace, by its cookie: an earlier namespace with the same
+            // inode number is another namespace.
+            let journal = c.events(&Filter { netns: None, cookie: Some(ns.cookie) }, 0, 10_000)?.events;
+            let earlier: std::collections::BTreeSet<u64> = c
+                .events(&Filter { netns: Some(ns.netns), cookie: None }, 0, 10_000)?
+                .events
+                .iter()
+                .filter(|e| e.netns == Some(ns.netns))
+                .filter_map(|e| e.cookie)
+                .filter(|cookie| *cookie != ns.cookie)
+                .collect();
             if args.agent.json {
                 let value = serde_json::json!({ "namespace": ns, "events": journal });
                 return print(&format!("{}\n", serde_json::to_string_pretty(&value)?));
             }
-            print(&render::describe(&ns, &journal))?;
+            let mut text = render::describe(&ns, &journal);
+            if !earlier.is_empty() {
+                text.push_str(&format!(
+                    "\n{} earlier namespace(s) had inode {} (cookies {}): netns-agent events --netns {}\n",
+                    earlier.len(),
+                    ns.netns,
+                    earlier.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                    ns.netns
+                ));
+            }
+            print(&text)?;
         }
         Command::Events(args) => {
             let c = Client::new(&args.agent.agent);
             let mut since = 0;
             loop {
-                let view = c.events(args.netns, since, args.limit)?;
+                let view = c.events(&Filter { netns: args.netns, cookie: None }, since, args.limit)?;
                 let mut text = String::new();
                 for e in &view.events {
                     if args.agent.json {

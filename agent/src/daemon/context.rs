@@ -14,6 +14,7 @@ use crate::{
     kernel::{procfs, ring::Event},
     model::{
         Model,
+        journal::Filter,
         owners::{self, Ownership},
         snapshot::{AgentFacts, Snapshot},
         states::{self, State},
@@ -91,8 +92,8 @@ impl Source for Agent {
         self.model.snapshot(self.facts.clone(), self.health.tasks(), counters)
     }
 
-    fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> EventsView {
-        self.model.events(netns, since, limit)
+    fn events(&self, filter: &Filter, since: u64, limit: usize) -> EventsView {
+        self.model.events(filter, since, limit)
     }
 
     fn netns_of_pid(&self, pid: i32) -> Option<u32> {

@@ -15,7 +15,10 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::{Source, metrics};
-use crate::{errors::error_chain, model::view::NamespaceView};
+use crate::{
+    errors::error_chain,
+    model::{journal::Filter, view::NamespaceView},
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {reason}")]
@@ -101,12 +104,14 @@ async fn namespaces(State(source): State<Shared>, Query(query): Query<Namespaces
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     netns: Option<u32>,
+    cookie: Option<u64>,
     since: Option<u64>,
     limit: Option<usize>,
 }
 
 async fn events(State(source): State<Shared>, Query(query): Query<EventsQuery>) -> Response {
-    let view = source.events(query.netns, query.since.unwrap_or(0), query.limit.unwrap_or(1000));
+    let filter = Filter { netns: query.netns, cookie: query.cookie };
+    let view = source.events(&filter, query.since.unwrap_or(0), query.limit.unwrap_or(1000));
     Json(view).into_response()
 }
 
@@ -132,7 +137,7 @@ mod tests {
         fn snapshot(&self) -> Snapshot {
             panic!("collector bug")
         }
-        fn events(&self, _: Option<u32>, _: u64, _: usize) -> EventsView {
+        fn events(&self, _: &Filter, _: u64, _: usize) -> EventsView {
             EventsView::default()
         }
         fn netns_of_pid(&self, _: i32) -> Option<u32> {
@@ -146,7 +151,7 @@ mod tests {
         fn snapshot(&self) -> Snapshot {
             Snapshot::default()
         }
-        fn events(&self, _: Option<u32>, _: u64, _: usize) -> EventsView {
+        fn events(&self, _: &Filter, _: u64, _: usize) -> EventsView {
             EventsView::default()
         }
         fn netns_of_pid(&self, _: i32) -> Option<u32> {

@@ -6,6 +6,7 @@ pub mod http;
 pub mod metrics;
 
 use crate::model::{
+    journal::Filter,
     snapshot::Snapshot,
     view::{EventsView, NamespaceView},
 };
@@ -14,8 +15,8 @@ use crate::model::{
 pub trait Source: Send + Sync + 'static {
     /// A fresh snapshot. Blocking (reads kernel maps): the server calls it on a blocking thread.
     fn snapshot(&self) -> Snapshot;
-    /// Journal entries after `since`, concerning `netns` if given, at most `limit`.
-    fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> EventsView;
+    /// Journal entries after `since` that pass `filter`, at most `limit`.
+    fn events(&self, filter: &Filter, since: u64, limit: usize) -> EventsView;
     /// The namespace inode of a process, or `None` if there is no such process. Blocking.
     fn netns_of_pid(&self, pid: i32) -> Option<u32>;
 }

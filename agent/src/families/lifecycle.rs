@@ -117,6 +117,7 @@ fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
     Entry {
         kind: "netns_created".into(),
         netns: Some(e.inum),
+        cookie: Some(e.cookie),
         container_id: Some(container_id).filter(|c| !c.is_empty()),
         pod,
         setup_ms: (e.duration_ns != 0).then_some(setup_ms),
@@ -136,6 +137,7 @@ fn destroyed(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
     Entry {
         kind: "netns_destroyed".into(),
         netns: Some(e.inum),
+        cookie: Some(e.cookie),
         age_seconds: age.map(|a| a.as_secs_f64()),
         ..base(e)
     }

@@ -53,6 +53,8 @@ pub fn apply(cx: &EventContext<'_>, e: &MoveEvent) {
         pid: e.pid,
         comm: labels::from_kernel(&e.comm),
         netns: Some(e.from_inum),
+        cookie: Some(e.from_cookie),
+        to_cookie: moved.then_some(e.to_cookie),
         device: Some(labels::from_kernel(&e.name)),
         ifindex: Some(e.ifindex),
         new_ifindex: moved.then_some(e.new_ifindex),

@@ -27,6 +27,12 @@ pub struct Entry {
     /// The namespace (for moves: the source).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<u32>,
+    /// The namespace's cookie: its identity, which (unlike the inode number) is never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
+    /// For a move, the destination's cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_cookie: Option<u64>,
     /// Who: the process that asked (for teardown, whatever dropped the last reference).
     pub pid: u32,
     pub comm: String,
@@ -59,6 +65,16 @@ impl Entry {
     /// True if the entry concerns namespace `inum` (either side of a move).
     pub fn concerns(&self, inum: u32) -> bool {
         self.netns == Some(inum) || self.from_netns == Some(inum) || self.to_netns == Some(inum)
+    }
+
+    /// True if the entry concerns the namespace with this cookie (either side of a move).
+    pub fn concerns_cookie(&self, cookie: u64) -> bool {
+        self.cookie == Some(cookie) || self.to_cookie == Some(cookie)
+    }
+
+    /// True if the entry passes `filter`.
+    pub fn matches(&self, filter: &Filter) -> bool {
+        filter.netns.is_none_or(|n| self.concerns(n)) && filter.cookie.is_none_or(|c| self.concerns_cookie(c))
     }
 
     /// The entry as one human-readable line (the log and the CLI print the same).
@@ -117,6 +133,15 @@ pub fn short_duration(seconds: f64) -> String {
     }
 }
 
+/// Which entries a query wants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Entries concerning this inode number (any namespace that had it).
+    pub netns: Option<u32>,
+    /// Entries concerning this one namespace.
+    pub cookie: Option<u64>,
+}
+
 /// RFC 3339 with milliseconds, UTC.
 pub fn format_time(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
@@ -146,6 +171,15 @@ impl EventsFile {
         Ok(Self { path: path.to_owned(), max_bytes, file, written })
     }
 
+    /// The seq of the newest entry the file (or, if it is empty, its rotated copy) holds: the
+    /// journal continues from there, so sequence numbers never restart. A torn last line (the
+    /// agent killed mid-write) is skipped.
+    pub fn last_seq(&self) -> u64 {
+        let mut rotated = self.path.clone().into_os_string();
+        rotated.push(".1");
+        [self.path.clone(), PathBuf::from(rotated)].iter().find_map(|path| last_seq_in(path)).unwrap_or(0)
+    }
+
     fn append(&mut self, line: &str) -> std::io::Result<()> {
         let len = line.len() as u64 + 1;
         if self.written > 0 && self.written + len > self.max_bytes {
@@ -164,6 +198,22 @@ impl EventsFile {
     }
 }
 
+/// The seq of the last complete, parsable line of a JSON-lines journal file.
+fn last_seq_in(path: &Path) -> Option<u64> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Entry>(line).ok())
+        .map(|entry| entry.seq)
+}
+
 /// The in-memory journal.
 pub struct Journal {
     entries: VecDeque<Entry>,
@@ -174,7 +224,8 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(capacity: usize, file: Option<EventsFile>) -> Self {
-        Self { entries: VecDeque::with_capacity(capacity.min(4096)), capacity, next_seq: 1, file }
+        let next_seq = file.as_ref().map_or(0, EventsFile::last_seq) + 1;
+        Self { entries: VecDeque::with_capacity(capacity.min(4096)), capacity, next_seq, file }
     }
 
     /// Records an entry (its `seq` is assigned here).
@@ -198,16 +249,16 @@ impl Journal {
         self.entries.push_back(entry);
     }
 
-    /// Entries after `since` (a seq), concerning `netns` if given, oldest first, at most
+    /// Entries after `since` (a seq) that pass `filter`, oldest first, at most
     /// `limit` of them (the newest ones when more match).
-    pub fn query(&self, netns: Option<u32>, since: u64, limit: usize) -> Vec<Entry> {
+    pub fn query(&self, filter: &Filter, since: u64, limit: usize) -> Vec<Entry> {
         let matching: Vec<&Entry> =
-            self.entries.iter().filter(|e| e.seq > since && netns.is_none_or(|n| e.concerns(n))).collect();
+            self.entries.iter().filter(|e| e.seq > since && e.matches(filter)).collect();
         let skip = matching.len().saturating_sub(limit);
         matching.into_iter().skip(skip).cloned().collect()
     }
 
-    /// The seq of the newest entry (0 when empty).
+    /// The seq of the newest entry (0 when none was ever written).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
     }
@@ -235,11 +286,11 @@ mod tests {
         for n in 1..=5 {
             j.push(entry("netns_created", n));
         }
-        let all = j.query(None, 0, 100);
+        let all = j.query(&Filter::default(), 0, 100);
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert_eq!(j.query(Some(4), 0, 100).len(), 1);
-        assert_eq!(j.query(None, 4, 100).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
-        assert_eq!(j.query(None, 0, 2).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(j.query(&Filter { netns: Some(4), cookie: None }, 0, 100).len(), 1);
+        assert_eq!(j.query(&Filter::default(), 4, 100).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(j.query(&Filter::default(), 0, 2).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
         let mv = Entry {
             kind: "device_moved".into(),
             from_netns: Some(7),
@@ -247,7 +298,27 @@ mod tests {
             ..Default::default()
         };
         j.push(mv);
-        assert_eq!(j.query(Some(8), 0, 10).len(), 1, "a move concerns both namespaces");
+        assert_eq!(
+            j.query(&Filter { netns: Some(8), cookie: None }, 0, 10).len(),
+            1,
+            "a move concerns both namespaces"
+        );
+    }
+
+    #[test]
+    fn a_reused_inode_number_is_told_apart_by_cookie() {
+        let mut j = Journal::new(10, None);
+        j.push(Entry { kind: "netns_created".into(), netns: Some(5), cookie: Some(1), ..Default::default() });
+        j.push(Entry {
+            kind: "netns_destroyed".into(),
+            netns: Some(5),
+            cookie: Some(1),
+            ..Default::default()
+        });
+        j.push(Entry { kind: "netns_created".into(), netns: Some(5), cookie: Some(2), ..Default::default() });
+        assert_eq!(j.query(&Filter { netns: Some(5), cookie: None }, 0, 10).len(), 3);
+        let live = j.query(&Filter { netns: None, cookie: Some(2) }, 0, 10);
+        assert_eq!(live.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["netns_created"]);
     }
 
     #[test]
@@ -266,6 +337,17 @@ mod tests {
         let last = std::fs::read_to_string(&path).unwrap();
         let line: Entry = serde_json::from_str(last.lines().last().unwrap()).unwrap();
         assert_eq!(line.seq, 100);
+        // A restart continues the numbering, past a torn last line.
+        drop(j);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":101,\"ti")
+            .unwrap();
+        let mut j = Journal::new(10, Some(EventsFile::open(&path, 1 << 20).unwrap()));
+        j.push(entry("netns_created", 1));
+        assert_eq!(j.last_seq(), 101);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -172,10 +172,10 @@ impl Model {
         })
     }
 
-    /// `/api/v1/events?netns=&since=&limit=`.
-    pub fn events(&self, netns: Option<u32>, since: u64, limit: usize) -> super::view::EventsView {
+    /// `/api/v1/events?netns=&cookie=&since=&limit=`.
+    pub fn events(&self, filter: &journal::Filter, since: u64, limit: usize) -> super::view::EventsView {
         self.with(|state| super::view::EventsView {
-            events: state.journal.query(netns, since, limit),
+            events: state.journal.query(filter, since, limit),
             last_seq: state.journal.last_seq(),
         })
     }
