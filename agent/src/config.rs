@@ -62,6 +62,12 @@ pub const KEYS: &[Key] = &[
         "auto (each probe takes its best working mode), fentry, kprobe or tracepoint (every probe in that mode or detached).",
     ),
     text("btf", DefaultValue::Text("/sys/kernel/btf/vmlinux"), "Kernel BTF to read structure offsets from."),
+    text(
+        "web_config_file",
+        DefaultValue::Unset,
+        "TLS and basic authentication for every path served, in the exporter toolkit's web config format (as node_exporter's --web.config.file).",
+    ),
+    text("web_disable_api", DefaultValue::Text("false"), "true: serve /metrics only, not the JSON API."),
     text("events_file", DefaultValue::Unset, "Also append the journal to this file as JSON lines."),
     number(
         "events_file_max_bytes",
@@ -209,6 +215,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
+    pub web_config_file: Option<PathBuf>,
+    pub web_disable_api: Option<bool>,
     pub events_file: Option<PathBuf>,
     pub events_file_max_bytes: Option<u64>,
     pub journal_max_events: Option<u64>,
@@ -229,6 +237,9 @@ pub struct Overrides {
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
     pub events_file: Option<PathBuf>,
+    pub web_config_file: Option<PathBuf>,
+    /// `--web.disable-api` given.
+    pub web_disable_api: bool,
 }
 
 /// Sizes of kernel-side tables and the user-space tracking cap.
@@ -242,6 +253,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub web_config_file: Option<PathBuf>,
+    pub web_disable_api: bool,
     pub attach: Policy,
     pub btf: PathBuf,
     pub limits: Limits,
@@ -321,6 +334,8 @@ impl Settings {
         };
         Ok(Self {
             listen,
+            web_config_file: flags.web_config_file.or(file.web_config_file),
+            web_disable_api: flags.web_disable_api || file.web_disable_api.unwrap_or(false),
             attach: flags.attach.or(file.attach).unwrap_or(AttachArg::Auto).policy(),
             btf: flags.btf.or(file.btf).unwrap_or_else(|| PathBuf::from(default_text("btf"))),
             limits,
@@ -342,6 +357,7 @@ impl Settings {
 fn default_text_of(key: &Key) -> String {
     match key.default {
         DefaultValue::Number(n) => n.to_string(),
+        DefaultValue::Text(t @ ("true" | "false")) => t.to_owned(),
         DefaultValue::Text(t) => format!("{t:?}"),
         DefaultValue::Unset => "unset".to_owned(),
     }

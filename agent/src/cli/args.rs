@@ -75,6 +75,13 @@ pub struct RunArgs {
     /// Address to serve /metrics and /api on (config key `listen`; default below).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// TLS and basic authentication, in the Prometheus exporter toolkit's format (as
+    /// node_exporter's); applies to /metrics and /api/v1 alike.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Serve /metrics only, not the JSON API (/api/v1).
+    #[arg(long = "web.disable-api")]
+    pub web_disable_api: bool,
     /// Also append the journal to this file as JSON lines (rotated at events_file_max_bytes).
     #[arg(long, value_name = "FILE")]
     pub events_file: Option<PathBuf>,

@@ -23,25 +23,34 @@ use crate::{
 /// Settings for a command from its config file and flags.
 pub fn settings(
     common: &CommonArgs,
-    listen: Option<String>,
-    events_file: Option<std::path::PathBuf>,
+    run: Option<&args::RunArgs>,
 ) -> Result<Settings, crate::config::ConfigError> {
     let file = match &common.config {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
     };
-    Settings::resolve(file, Overrides { listen, attach: common.attach, btf: common.btf.clone(), events_file })
+    Settings::resolve(
+        file,
+        Overrides {
+            listen: run.and_then(|r| r.listen.clone()),
+            attach: common.attach,
+            btf: common.btf.clone(),
+            events_file: run.and_then(|r| r.events_file.clone()),
+            web_config_file: run.and_then(|r| r.web_config_file.clone()),
+            web_disable_api: run.is_some_and(|r| r.web_disable_api),
+        },
+    )
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            let settings = settings(&args.common, args.listen, args.events_file)?;
+            let settings = settings(&args.common, Some(&args))?;
             crate::daemon::run(settings)?;
         }
-        Command::Check(args) => print(&check::run(&settings(&args, None, None)?)?)?,
-        Command::BenchFloor(args) => check::bench_floor(&settings(&args, None, None)?)?,
+        Command::Check(args) => print(&check::run(&settings(&args, None)?)?)?,
+        Command::BenchFloor(args) => check::bench_floor(&settings(&args, None)?)?,
         Command::Ls(args) => {
             let c = Client::new(&args.agent.agent);
             let keep = |mut all: Vec<NamespaceView>| {

@@ -16,7 +16,10 @@ use tasks::{Health, OnEnd, TaskError, TaskSpec};
 use crate::{
     config::Settings,
     errors::error_chain,
-    expose,
+    expose::{
+        self,
+        web::{WebConfig, WebConfigError},
+    },
     families::FamilyMaps,
     kernel::{
         attach::{self, KernelView, ProbeOutcome},
@@ -40,6 +43,8 @@ use crate::{
 pub enum DaemonError {
     #[error(transparent)]
     Listen(#[from] expose::http::ListenError),
+    #[error(transparent)]
+    WebConfig(#[from] WebConfigError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -79,7 +84,13 @@ pub fn run(settings: Settings) -> Result<(), DaemonError> {
 }
 
 async fn serve(settings: Settings) -> Result<(), DaemonError> {
-    // Bind first: a taken port should fail before any probe touches the kernel.
+    // The web config and the port first: a mistake there should fail before any probe
+    // touches the kernel.
+    let web = match &settings.web_config_file {
+        Some(path) => WebConfig::read(path)?,
+        None => WebConfig::default(),
+    };
+    let http_options = expose::http::Options { web, disable_api: settings.web_disable_api };
     let listener = expose::http::bind(settings.listen).await?;
     let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
@@ -144,9 +155,15 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
         events_task(Arc::clone(&agent), stream),
         housekeeping_task(Arc::clone(&agent), Arc::clone(&ebpf), inventory, &settings),
         attribution_task(Arc::clone(&agent), settings.attribution_interval),
-        http_task(Arc::clone(&agent), listener),
+        http_task(Arc::clone(&agent), listener, http_options.clone()),
     ];
-    log::info!("serving metrics on http://{}/metrics", settings.listen);
+    log::info!(
+        "serving metrics on {}://{}/metrics{}{}",
+        if http_options.web.tls.is_some() { "https" } else { "http" },
+        settings.listen,
+        if http_options.web.users.is_empty() { "" } else { " (basic authentication)" },
+        if http_options.disable_api { " (JSON API disabled)" } else { "" },
+    );
     let result = tasks::supervise(specs, agent.health.clone(), shutdown_signal()).await;
     // Dropping the object detaches every link and unloads every program.
     // Every task has ended, so this is the last reference; were it not, the programs would
@@ -294,16 +311,20 @@ fn attribution_task(agent: Shared, interval: Duration) -> TaskSpec {
 
 /// The HTTP server. Critical: an agent that cannot be scraped should stop and be restarted
 /// by its service manager rather than run unseen.
-fn http_task(agent: Shared, listener: Arc<Mutex<Option<tokio::net::TcpListener>>>) -> TaskSpec {
+fn http_task(
+    agent: Shared,
+    listener: Arc<Mutex<Option<tokio::net::TcpListener>>>,
+    options: expose::http::Options,
+) -> TaskSpec {
     TaskSpec {
         name: "http",
         on_end: OnEnd::Fatal,
         make: Box::new(move || {
-            let agent = Arc::clone(&agent);
+            let (agent, options) = (Arc::clone(&agent), options.clone());
             let listener = listener.lock().unwrap_or_else(|p| p.into_inner()).take();
             Box::pin(async move {
                 let listener = listener.ok_or_else(|| TaskError::Failed("listener already used".into()))?;
-                axum::serve(listener, expose::http::router(agent)).await?;
+                expose::http::serve(listener, agent, &options).await?;
                 Ok(())
             })
         }),

@@ -14,7 +14,10 @@ use axum::{
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use super::{Source, metrics};
+use super::{
+    Source, metrics,
+    web::{self, Auth, WebConfig},
+};
 use crate::{
     errors::error_chain,
     model::{journal::Filter, view::NamespaceView},
@@ -47,13 +50,49 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 
 type Shared = Arc<dyn Source>;
 
-pub fn router(source: Shared) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/api/v1/namespaces", get(namespaces))
-        .route("/api/v1/events", get(events))
-        .route("/", get(index))
-        .with_state(source)
+/// What the server offers and to whom.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// TLS and basic authentication (`--web.config.file`).
+    pub web: WebConfig,
+    /// Serve `/metrics` only, not the JSON API (`--web.disable-api`).
+    pub disable_api: bool,
+}
+
+pub fn router(source: Shared, options: &Options) -> Router {
+    let mut router = Router::new().route("/metrics", get(metrics)).route("/", get(index));
+    if !options.disable_api {
+        router = router.route("/api/v1/namespaces", get(namespaces)).route("/api/v1/events", get(events));
+    }
+    let router = router.with_state(source);
+    let auth = Auth::new(options.web.users.clone());
+    if auth.enabled() {
+        router.layer(axum::middleware::from_fn_with_state(auth, web::require_auth))
+    } else {
+        router
+    }
+}
+
+/// A client that sends no complete request in this long is dropped, so a slow client
+/// cannot hold a connection (and the scrapes behind it) for long.
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `source` on `listener` until the task is dropped, over TLS when configured.
+pub async fn serve(listener: TcpListener, source: Shared, options: &Options) -> std::io::Result<()> {
+    let app = router(source, options).into_make_service();
+    let listener = listener.into_std()?;
+    match &options.web.tls {
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::clone(tls));
+            axum_server::from_tcp_rustls(listener, config)?
+                .first_request_timeout(FIRST_REQUEST_TIMEOUT)
+                .serve(app)
+                .await
+        }
+        None => {
+            axum_server::from_tcp(listener)?.first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(app).await
+        }
+    }
 }
 
 /// A 500 whose reason is logged (the body says only that it failed: the log has the cause).
@@ -162,7 +201,7 @@ mod tests {
     async fn get(source: Shared, path: &str) -> (StatusCode, String) {
         use tower::ServiceExt as _;
         let request = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
-        let response = router(source).oneshot(request).await.unwrap();
+        let response = router(source, &Options::default()).oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod web;
 
 use crate::model::{
     journal::Filter,
