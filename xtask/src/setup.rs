@@ -18,6 +18,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Packages the end-to-end tests and the VM tier use.
 const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps", "prometheus", "systemd"];
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// The image engine (`cargo xtask image`) and the runtime the DaemonSet tier runs it with.
+pub const PODMAN_PACKAGES: &[&str] = &["podman", "runc"];
 
 /// Kernel series of the VM matrix: Debian's images with kprobes and fentry.
 pub const VM_KERNEL_SERIES: &[(&str, &str)] = &[
