@@ -126,7 +126,9 @@ pub fn build(args: &ImageArgs) -> Result<Built> {
         .args(["--build-arg", &format!("VERSION={}", version())])
         .args(["--build-arg", &format!("REVISION={revision}")])
         .args(["--build-arg", &format!("CREATED={}", created.trim())])
-        .args(["-t", &tag(), "-t", &qualified_tag()]);
+        .args(["-t", &tag(), "-t", &qualified_tag()])
+        // The labels carry this build's revision and time: no layer from an earlier build.
+        .arg("--no-cache");
     if engine == "podman" {
         // FROM scratch: nothing to pull; a registry is never contacted.
         cmd.arg("--pull=never");
