@@ -4,6 +4,7 @@
 //! the same commands work on a fresh machine and in CI.
 
 mod bench;
+mod deploy;
 mod image;
 mod setup;
 mod test;
