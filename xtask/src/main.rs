@@ -59,6 +59,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Setup => {
             setup::build_tools()?;
             setup::test_tools()?;
+            deploy::tools()?;
             setup::vm_tools()?;
             Ok(())
         }
