@@ -63,14 +63,14 @@ struct PodRun {
 }
 
 impl PodRun {
-    /// The full `run -d` command line, with `drop` removed from the added capabilities.
-    fn command(&self, name: &str, without: Option<&str>) -> Vec<String> {
+    /// The full `run -d` command line.
+    fn command(&self, name: &str) -> Vec<String> {
         let mut cmd = vec!["run".to_owned(), "-d".to_owned(), "--name".to_owned(), name.to_owned()];
         cmd.extend(self.options.iter().cloned());
         for cap in &self.cap_drop {
             cmd.extend(["--cap-drop".to_owned(), cap.clone()]);
         }
-        for cap in self.cap_add.iter().filter(|c| Some(c.as_str()) != without) {
+        for cap in &self.cap_add {
             cmd.extend(["--cap-add".to_owned(), cap.clone()]);
         }
         cmd.push(self.image.clone());
@@ -499,7 +499,7 @@ fn agent_works(agent: &Container, port: u16) -> Result<String> {
     let ip = UniqueIp::new()?;
     let ns_name = unique("dsns");
     ip.netns_add(&ns_name)?;
-    let _ns = scopeguard(ns_name.clone());
+    let _ns = NetnsName(ns_name.clone());
     let ns_inode = {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(format!("/run/netns/{ns_name}"))?.ino()
@@ -606,9 +606,7 @@ fn agent_works(agent: &Container, port: u16) -> Result<String> {
 
 /// Deletes an `ip netns` name on drop.
 struct NetnsName(String);
-fn scopeguard(name: String) -> NetnsName {
-    NetnsName(name)
-}
+
 impl Drop for NetnsName {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
@@ -708,7 +706,7 @@ fn prepare() -> Result<PodRun> {
 fn pod_spec_becomes_a_podman_command_line() -> Result<()> {
     let ds = daemonset()?;
     let pod = translate(&ds)?;
-    let cmd = pod.command("x", None).join(" ");
+    let cmd = pod.command("x").join(" ");
     for expected in [
         "--pid host",
         "--read-only --read-only-tmpfs=false",
@@ -741,7 +739,7 @@ fn pod_spec_becomes_a_podman_command_line() -> Result<()> {
 fn daemonset_as_written_runs_counts_and_stops_cleanly() -> Result<()> {
     let pod = prepare()?;
     let name = unique("netns-agent-ds-");
-    let cmd = pod.command(&name, None);
+    let cmd = pod.command(&name);
     println!("{} {}", engine(), cmd.join(" "));
     let agent = Container::start(&cmd)?;
     let port = pod.host_port("metrics")?;
@@ -850,7 +848,7 @@ fn run_without(pod: &PodRun, drop: &[&str], empty_tracefs: bool) -> Result<Outco
         }
         ensure!(found, "no /sys/kernel/tracing volume to replace");
     }
-    let agent = Container::start(&pod.command(&unique("netns-agent-cap-"), None))?;
+    let agent = Container::start(&pod.command(&unique("netns-agent-cap-")))?;
     let port = pod.host_port("metrics")?;
     Ok(match agent_works(&agent, port) {
         Ok(summary) => Outcome::Works(summary),
