@@ -4,6 +4,8 @@
 //! the same commands work on a fresh machine and in CI.
 
 mod bench;
+mod deploy;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -33,6 +35,10 @@ enum Command {
     /// Run every test: lint, unit tests, end-to-end tests on this kernel (tracepoint mode)
     /// and in VMs running Debian's 6.1 and 6.12 kernels (kprobe and fentry modes).
     Test(test::TestArgs),
+    /// Build the container image `netns-agent:<version>` offline (FROM scratch: the agent and
+    /// the libraries it links) with podman or docker, and save it to target/image/ as a
+    /// tarball for `docker load`, `podman load` or `ctr images import`.
+    Image(image::ImageArgs),
     /// Measure the agent's cost (per event, per packet, user space) against an empty program
     /// and bpftrace; prints a table and writes BENCHMARKS.md. Never fails on slow numbers.
     Bench(bench::BenchArgs),
@@ -53,6 +59,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Setup => {
             setup::build_tools()?;
             setup::test_tools()?;
+            deploy::tools()?;
             setup::vm_tools()?;
             Ok(())
         }
@@ -75,6 +82,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let status = cmd.status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Command::Image(args) => image::build(&args).map(|_| ()),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
     }

@@ -18,6 +18,12 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Packages the end-to-end tests and the VM tier use.
 const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps", "prometheus", "systemd"];
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// The image engine (`cargo xtask image`) and the runtime the DaemonSet tier runs it with.
+pub const PODMAN_PACKAGES: &[&str] = &["podman", "runc"];
+/// The manifests, image and daemonset tiers: podman (build, DaemonSet run), docker (load and
+/// save round trip), busybox for the side container, promtool and systemd-analyze.
+pub const DEPLOY_PACKAGES: &[&str] =
+    &["podman", "runc", "docker.io", "busybox-static", "prometheus", "systemd", "iproute2"];
 
 /// Kernel series of the VM matrix: Debian's images with kprobes and fentry.
 pub const VM_KERNEL_SERIES: &[(&str, &str)] = &[
@@ -113,6 +119,20 @@ pub fn vng() -> Option<PathBuf> {
     let scripts = output("python3", &["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])?;
     let candidate = Path::new(scripts.trim()).join("vng");
     candidate.exists().then_some(candidate)
+}
+
+/// Installs the Python packages whose module is missing (pip; `kubernetes-validate` is
+/// imported as `kubernetes_validate`).
+pub fn pip(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| output("python3", &["-c", &format!("import {}", p.replace('-', "_"))]).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(&missing))
 }
 
 /// `apt-get update`, once per run.

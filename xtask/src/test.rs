@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    setup,
+    deploy, setup,
     util::{cargo, is_root, step, workspace_root},
 };
 
@@ -24,6 +24,9 @@ pub struct TestArgs {
     /// Run only the VM matrix (after building).
     #[arg(long, conflicts_with = "no_vm")]
     vm_only: bool,
+    /// Run only the deployment tiers: manifests, image, daemonset (after building).
+    #[arg(long, conflicts_with_all = ["no_vm", "vm_only"])]
+    deploy_only: bool,
     /// Attach modes to test in the VMs.
     #[arg(long, value_delimiter = ',', default_value = "kprobe,fentry")]
     vm_modes: Vec<String>,
@@ -77,10 +80,13 @@ pub fn run(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     setup::build_tools()?;
     setup::test_tools()?;
-    let kernels = if args.no_vm { Vec::new() } else { setup::vm_tools()? };
+    if !args.vm_only {
+        deploy::tools()?;
+    }
+    let kernels = if args.no_vm || args.deploy_only { Vec::new() } else { setup::vm_tools()? };
     let mut tiers = Vec::new();
 
-    if !args.vm_only {
+    if !args.vm_only && !args.deploy_only {
         tiers.push(lint());
         tiers.push(unit());
     }
@@ -89,17 +95,24 @@ pub fn run(args: TestArgs) -> Result<()> {
     let binaries = e2e_binaries()?;
     let agent = workspace_root().join("target/release/netns-agent");
 
-    if !args.vm_only {
+    // The DaemonSet test runs the image in its own tier, after the image is built.
+    let is = |b: &PathBuf, prefix: &str| {
+        b.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix))
+    };
+    let (daemonset_binaries, binaries): (Vec<PathBuf>, Vec<PathBuf>) =
+        binaries.into_iter().partition(|b| is(b, "daemonset-"));
+    if !args.vm_only && !args.deploy_only {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         tiers.push(host(&binaries, &agent, release.trim(), args.filter.as_deref()));
     }
+    if !args.vm_only {
+        tiers.push(timed("manifests  k8s schemas, CRD, promtool, systemd", || deploy::manifests(&agent)));
+        tiers.push(timed("image  build, labels, size, save/load", deploy::image_tier));
+        tiers.push(daemonset(&daemonset_binaries, args.filter.as_deref()));
+    }
     // The kernel matrix runs everything but the live-Prometheus test, which is about
     // Prometheus and Grafana, not kernels, and runs once on the host.
-    let vm_binaries: Vec<PathBuf> = binaries
-        .iter()
-        .filter(|b| !b.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("prometheus-")))
-        .cloned()
-        .collect();
+    let vm_binaries: Vec<PathBuf> = binaries.iter().filter(|b| !is(b, "prometheus-")).cloned().collect();
     for kernel in &kernels {
         tiers.extend(vm(kernel, &args.vm_modes, &vm_binaries, &agent, args.filter.as_deref()));
     }
@@ -242,30 +255,52 @@ fn e2e_binaries() -> Result<Vec<PathBuf>> {
 fn host(binaries: &[PathBuf], agent: &Path, release: &str, filter: Option<&str>) -> Tier {
     step(&format!("end-to-end tests on this kernel ({release}), tracepoint mode"));
     timed(format!("host  Linux {release} / tracepoint"), || {
-        let mut output = String::new();
-        let mut error = None;
-        for binary in binaries {
-            let mut cmd = Command::new(binary);
-            cmd.arg("--test-threads=1")
-                .args(filter)
-                .env("NETNS_AGENT_BIN", agent)
-                .env("NETNS_AGENT_TEST_MODE", "tracepoint")
-                .stderr(Stdio::inherit());
-            match cmd.output() {
-                Ok(out) => {
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    print!("{text}");
-                    if !out.status.success() && count_results(&text).1 == 0 {
-                        error = Some(format!("{} exited with {}", binary.display(), out.status));
-                    }
-                    output.push_str(&text);
-                }
-                Err(err) => error = Some(format!("{}: {err}", binary.display())),
-            }
-        }
-        let (passed, failed) = count_results(&output);
-        (passed, failed, error)
+        run_binaries(binaries, filter, |cmd| {
+            cmd.env("NETNS_AGENT_BIN", agent).env("NETNS_AGENT_TEST_MODE", "tracepoint");
+        })
     })
+}
+
+/// tests/daemonset.rs: the DaemonSet's pod spec run with podman, on the image just built.
+fn daemonset(binaries: &[PathBuf], filter: Option<&str>) -> Tier {
+    step("daemonset: the manifest's pod spec as a podman run of the image");
+    timed("daemonset  manifest as podman run, caps", || {
+        if binaries.is_empty() {
+            return (0, 0, Some("no daemonset test binary".into()));
+        }
+        run_binaries(binaries, filter, |cmd| {
+            // Its findings (capabilities, memory, stop time) are printed by passing tests too.
+            cmd.arg("--nocapture").env("NETNS_AGENT_ENGINE", "podman");
+        })
+    })
+}
+
+/// Runs test binaries one test at a time; sums their results.
+fn run_binaries(
+    binaries: &[PathBuf],
+    filter: Option<&str>,
+    env: impl Fn(&mut Command),
+) -> (u32, u32, Option<String>) {
+    let mut output = String::new();
+    let mut error = None;
+    for binary in binaries {
+        let mut cmd = Command::new(binary);
+        cmd.arg("--test-threads=1").args(filter).stderr(Stdio::inherit());
+        env(&mut cmd);
+        match cmd.output() {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                print!("{text}");
+                if !out.status.success() && count_results(&text).1 == 0 {
+                    error = Some(format!("{} exited with {}", binary.display(), out.status));
+                }
+                output.push_str(&text);
+            }
+            Err(err) => error = Some(format!("{}: {err}", binary.display())),
+        }
+    }
+    let (passed, failed) = count_results(&output);
+    (passed, failed, error)
 }
 
 /// Boots `kernel` once and runs every test binary in each mode; returns a tier per mode.
