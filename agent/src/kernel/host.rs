@@ -13,10 +13,20 @@ pub const MIN_KERNEL: (u32, u32) = (5, 8);
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error(
-        "not permitted: loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and \
-         CAP_SYS_ADMIN); run netns-agent with sudo"
+        "not permitted: loading eBPF programs needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN \
+         (missing {missing}); run netns-agent as root (sudo) or grant them"
     )]
-    NotPrivileged,
+    NotPrivileged { missing: String },
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it needs CAP_SYS_ADMIN \
+         (missing); grant it, or mount tracefs for the agent (hostPath /sys/kernel/tracing)"
+    )]
+    NoTracefs,
+    #[error(
+        "cannot read {path} ({reason}): naming the processes of other namespaces needs \
+         CAP_SYS_PTRACE (missing); grant it, or run netns-agent as root"
+    )]
+    NoPtrace { path: String, reason: String },
     #[error(
         "kernel {release} is too old: netns-agent needs Linux {}.{} or newer (BPF ring buffer)",
         MIN_KERNEL.0,
@@ -51,6 +61,7 @@ pub fn check_kernel_version(release: &str) -> Result<(), HostError> {
     }
 }
 
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -69,11 +80,55 @@ pub fn caps_allow_bpf(caps: u64) -> bool {
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
+/// This process's effective capabilities (none when they cannot be read).
+fn own_caps() -> u64 {
+    effective_caps(&fs::read_to_string("/proc/self/status").unwrap_or_default()).unwrap_or(0)
+}
+
+/// The capabilities loading needs that `caps` lacks, named.
+pub fn missing_bpf_caps(caps: u64) -> Vec<&'static str> {
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    if caps_allow_bpf(caps) {
+        return Vec::new();
+    }
+    let mut missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    missing.push("CAP_SYS_ADMIN");
+    missing
+}
+
+/// Every capability the agent needs, checked before anything touches the kernel, so that a
+/// container or unit granting too few stops at once with one line naming what is missing.
 pub fn check_privileges() -> Result<(), HostError> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    match effective_caps(&status) {
-        Some(caps) if caps_allow_bpf(caps) => Ok(()),
-        _ => Err(HostError::NotPrivileged),
+    let caps = own_caps();
+    let missing = missing_bpf_caps(caps);
+    if !missing.is_empty() {
+        return Err(HostError::NotPrivileged { missing: missing.join(", ") });
+    }
+    let tracefs_mounted = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|dir| Path::new(dir).join("events").is_dir());
+    if !tracefs_mounted && caps & (1 << CAP_SYS_ADMIN) == 0 {
+        return Err(HostError::NoTracefs);
+    }
+    Ok(())
+}
+
+/// Attribution reads every process's `/proc/PID/ns/net`, which needs CAP_SYS_PTRACE for
+/// processes the agent does not own or that are not dumpable; init's is the test case.
+pub fn check_proc_access(proc_root: &Path) -> Result<(), HostError> {
+    let path = proc_root.join("1/ns/net");
+    match fs::metadata(&path) {
+        Err(err)
+            if err.kind() == std::io::ErrorKind::PermissionDenied
+                && own_caps() & (1 << CAP_SYS_PTRACE) == 0 =>
+        {
+            Err(HostError::NoPtrace { path: path.display().to_string(), reason: err.to_string() })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -201,6 +256,9 @@ mod tests {
         assert!(caps_allow_bpf(effective_caps(root).unwrap()));
         assert!(!caps_allow_bpf(effective_caps(nobody).unwrap()));
         assert!(caps_allow_bpf(effective_caps(&bpf_only).unwrap()));
+        assert!(missing_bpf_caps(1 << CAP_SYS_ADMIN).is_empty());
+        assert_eq!(missing_bpf_caps(1 << CAP_BPF), vec!["CAP_PERFMON", "CAP_SYS_ADMIN"]);
+        assert_eq!(missing_bpf_caps(0), vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
         assert_eq!(effective_caps("no caps here"), None);
     }
 }
