@@ -9,8 +9,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::Write as _,
+    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -128,16 +128,33 @@ impl Drop for Agent {
     }
 }
 
-/// A minimal HTTP/1.0 GET against loopback.
+/// A GET against loopback that must answer 200; its body.
 pub fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10) * slowdown()))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "HTTP error: {head}");
-    Ok(body.to_owned())
+    let (status, body) = http_get_status(port, path)?;
+    ensure!(status == 200, "GET {path}: HTTP {status}: {}", body.trim());
+    Ok(body)
+}
+
+/// A GET against loopback: the status (any, 404 and 500 included) and the body.
+pub fn http_get_status(port: u16, path: &str) -> Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // Loopback only: never through a proxy the environment may name.
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(10) * slowdown()))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut response = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    // An exposition of many namespaces is large: no 10 MB default cap.
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .with_context(|| format!("reading the body of {url}"))?;
+    Ok((status, body))
 }
 
 /// A parsed exposition: `name{label="value",...}` -> value.
