@@ -787,6 +787,36 @@ impl Agent {
         let body = self.get("/api/v1/namespaces")?;
         serde_json::from_str(&body).context("namespaces API: not JSON")
     }
+
+    /// The ids of the eBPF programs this agent holds now (`prog_id:` in the fdinfo of its
+    /// program and link fds).
+    pub fn program_ids(&self) -> Result<std::collections::BTreeSet<u32>> {
+        let pid = self.pid();
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let entry = entry?;
+            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+            let target = target.to_string_lossy();
+            if target != "anon_inode:bpf-prog" && target != "anon_inode:bpf_link" {
+                continue;
+            }
+            let fdinfo = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+            let Ok(text) = std::fs::read_to_string(fdinfo) else { continue };
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+        Ok(ids)
+    }
+}
+
+/// The ids of every eBPF program loaded in the kernel now (`bpftool prog show --json`).
+pub fn loaded_program_ids() -> Result<std::collections::BTreeSet<u32>> {
+    let out = run("bpftool", &["prog", "show", "--json"])?;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).context("bpftool --json")?;
+    Ok(list.iter().filter_map(|p| p["id"].as_u64()).map(|id| id as u32).collect())
 }
 
 /// Names the calling thread (its comm, what the kernel reports for creations it makes):

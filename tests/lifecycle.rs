@@ -9,8 +9,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use netns_agent_e2e::{
-    Agent, Metrics, NamedNetns, clone_newnet, events_of, mode, run_as, set_thread_comm, slowdown, teardowns,
-    torn_down, unique, unique_comm, wait_for,
+    Agent, Metrics, NamedNetns, clone_newnet, events_of, loaded_program_ids, mode, run_as, set_thread_comm,
+    slowdown, teardowns, torn_down, unique, unique_comm, wait_for,
 };
 use serde_json::Value;
 
@@ -339,19 +339,18 @@ fn alive_matches_the_namespaces_user_space_can_see() -> Result<()> {
 
 #[test]
 fn sigterm_stops_cleanly_and_detaches_every_program() -> Result<()> {
-    let before = loaded_agent_programs()?;
     let agent = Agent::start()?;
-    ensure!(loaded_agent_programs()? > before, "programs loaded while running");
+    // This agent's own programs (other eBPF users on the host load and unload theirs).
+    let ours = agent.program_ids()?;
+    ensure!(!ours.is_empty(), "the running agent holds no eBPF program");
+    let loaded = loaded_program_ids()?;
+    ensure!(ours.is_subset(&loaded), "programs {ours:?} not loaded: {loaded:?}");
     let (status, log) = agent.stop()?;
     ensure!(status.success(), "exit status {status}: {log}");
     ensure!(log.contains("all probes detached"), "{log}");
-    ensure!(loaded_agent_programs()? == before, "programs left loaded after exit");
-    Ok(())
-}
-
-/// Programs loaded in the kernel whose names are the agent's (bpftool shows 15 characters).
-fn loaded_agent_programs() -> Result<usize> {
-    let out = netns_agent_e2e::run("bpftool", &["prog", "show"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().filter(|l| l.contains("name lifecycle_") || l.contains("name inventory_")).count())
+    // The kernel frees programs asynchronously after their last reference goes.
+    wait_for("every program of the agent to be freed", Duration::from_secs(10), || {
+        let left: BTreeSet<u32> = ours.intersection(&loaded_program_ids()?).copied().collect();
+        if left.is_empty() { Ok(Some(())) } else { anyhow::bail!("still loaded: {left:?}") }
+    })
 }
