@@ -493,7 +493,14 @@ pub fn send_udp(ns: &str, dst: &str, count: u32) -> Result<()> {
     })
 }
 
-/// Three namespaces joined by veth pairs: `a` - `r` - `b`, with `r` forwarding IPv4 and IPv6.
+const MAC_A: &str = "02:77:01:00:00:02";
+const MAC_RA: &str = "02:77:01:00:00:01";
+const MAC_B: &str = "02:77:02:00:00:02";
+const MAC_RB: &str = "02:77:02:00:00:01";
+
+/// Three namespaces joined by veth pairs: `a` - `r` - `b`, with `r` forwarding IPv4 and IPv6;
+/// permanent neighbour entries and no reverse-path filter, so that the route lookups per
+/// datagram are known (see tests/routes.rs).
 /// a: 10.77.1.2/24, fd77:1::2/64; r: 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1;
 /// b: 10.77.2.2/24, fd77:2::2/64. Deleted on drop.
 pub struct RouterTopology {
@@ -513,8 +520,36 @@ impl RouterTopology {
         for ns in [&a, &r, &b] {
             ip(ns, "link set lo up")?;
         }
-        ip(&a, &format!("link add va type veth peer name vra netns {}", r.name))?;
-        ip(&b, &format!("link add vb type veth peer name vrb netns {}", r.name))?;
+        // Fixed addresses and permanent neighbours: no ARP or neighbour discovery, whose
+        // lookups would come at times the tests cannot know. No reverse-path filter (its
+        // check is one more lookup per packet, depending on the host's defaults).
+        ip(
+            &a,
+            &format!("link add va address {MAC_A} type veth peer name vra address {MAC_RA} netns {}", r.name),
+        )?;
+        ip(
+            &b,
+            &format!("link add vb address {MAC_B} type veth peer name vrb address {MAC_RB} netns {}", r.name),
+        )?;
+        let sysctl = |ns: &NamedNetns, settings: &[&str]| -> Result<()> {
+            let mut args = vec!["netns", "exec", ns.name.as_str(), "sysctl", "-qw"];
+            args.extend(settings);
+            run("ip", &args).map(|_| ())
+        };
+        sysctl(&a, &["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.va.rp_filter=0"])?;
+        sysctl(&b, &["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.vb.rp_filter=0"])?;
+        sysctl(
+            &r,
+            &[
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.vra.rp_filter=0",
+                "net.ipv4.conf.vrb.rp_filter=0",
+            ],
+        )?;
+        // No router solicitations or duplicate address detection on the hosts' links.
+        sysctl(&a, &["net.ipv6.conf.va.router_solicitations=0", "net.ipv6.conf.va.accept_dad=0"])?;
+        sysctl(&b, &["net.ipv6.conf.vb.router_solicitations=0", "net.ipv6.conf.vb.accept_dad=0"])?;
+        sysctl(&r, &["net.ipv6.conf.vra.accept_dad=0", "net.ipv6.conf.vrb.accept_dad=0"])?;
         ip(&a, "addr add 10.77.1.2/24 dev va")?;
         ip(&a, "addr add fd77:1::2/64 dev va nodad")?;
         ip(&a, "link set va up")?;
@@ -531,6 +566,16 @@ impl RouterTopology {
         ip(&b, "link set vb up")?;
         ip(&b, "route add default via 10.77.2.1")?;
         ip(&b, "-6 route add default via fd77:2::1")?;
+        for (ns, dev, addrs, mac) in [
+            (&a, "va", ["10.77.1.1", "fd77:1::1"], MAC_RA),
+            (&r, "vra", ["10.77.1.2", "fd77:1::2"], MAC_A),
+            (&r, "vrb", ["10.77.2.2", "fd77:2::2"], MAC_B),
+            (&b, "vb", ["10.77.2.1", "fd77:2::1"], MAC_RB),
+        ] {
+            for addr in addrs {
+                ip(ns, &format!("neigh replace {addr} lladdr {mac} dev {dev} nud permanent"))?;
+            }
+        }
         run("ip", &["netns", "exec", &r.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         run("ip", &["netns", "exec", &r.name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         Ok(Self { a, r, b })
