@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use netns_agent_e2e::{
-    Agent, ChildProcess, HostileProcess, Metrics, NamedNetns, clone_newnet, promtool_check, rss_kib,
-    slowdown, wait_for,
+    Agent, ChildProcess, HostileProcess, Metrics, NamedNetns, clone_newnet_inode, promtool_check, rss_kib,
+    set_thread_comm, slowdown, unique_comm, visible_namespaces, wait_for,
 };
 
 /// Fast rescans and a short grace period, so tests need not wait.
@@ -30,8 +30,31 @@ fn wait_info(
     })
 }
 
-fn processes(m: &Metrics, netns: u64) -> f64 {
+/// `netns_processes` of a namespace; `None` when the series is absent.
+fn processes(m: &Metrics, netns: u64) -> Option<f64> {
     m.get("netns_processes", &[("netns", &netns.to_string())])
+}
+
+/// The comm of a process now (empty once it is gone).
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_owned()
+}
+
+/// Waits until `pid` has executed `comm` (`ip netns exec` and `unshare` run as themselves
+/// until they exec the command: asserting before then reads their comm).
+fn wait_exec(pid: u32, comm: &str) -> Result<()> {
+    wait_for(&format!("{pid} to exec {comm}"), Duration::from_secs(5), || {
+        Ok((comm_of(pid) == comm).then_some(()))
+    })
+}
+
+/// A process's start time, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    // Fields after the comm start at field 3: field 22 is the 20th of them.
+    let ticks = after_comm.split_whitespace().nth(19).and_then(|t| t.parse().ok());
+    ticks.ok_or_else(|| anyhow::anyhow!("no start time in /proc/{pid}/stat"))
 }
 
 #[test]
@@ -39,9 +62,14 @@ fn a_named_namespace_shows_its_name() -> Result<()> {
     let agent = Agent::start_with_config(FAST)?;
     let ns = NamedNetns::add("named")?;
     let inode = ns.inode()?;
-    let labels = wait_info(&agent, inode, "the name", |l, _| l["name"] == ns.name)?;
-    ensure!(labels["pid"].is_empty() && labels["comm"].is_empty(), "no process in it: {labels:?}");
-    ensure!(processes(&agent.scrape()?, inode) == 0.0);
+    // `ip netns add` itself sits in the namespace until it exits: wait for the state
+    // with no process, rather than reading whatever the first rescan saw.
+    wait_info(&agent, inode, "the name, no process", |l, m| {
+        l["name"] == ns.name
+            && l["pid"].is_empty()
+            && l["comm"].is_empty()
+            && processes(m, inode) == Some(0.0)
+    })?;
     Ok(())
 }
 
@@ -56,10 +84,13 @@ fn an_unshared_process_shows_its_pid_and_comm() -> Result<()> {
         let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino();
         Ok((ino != mine).then_some(ino))
     })?;
-    let labels = wait_info(&agent, inode, "pid and comm of the process", |l, m| {
-        l["pid"] == pid.to_string() && l["comm"] == "sleep" && processes(m, inode) == 1.0
+    wait_exec(pid, "sleep")?;
+    wait_info(&agent, inode, "pid and comm of the process, no name", |l, m| {
+        l["pid"] == pid.to_string()
+            && l["comm"] == "sleep"
+            && processes(m, inode) == Some(1.0)
+            && l["name"].is_empty()
     })?;
-    ensure!(labels["name"].is_empty(), "{labels:?}");
     Ok(())
 }
 
@@ -69,16 +100,26 @@ fn process_count_and_main_process_of_a_named_namespace() -> Result<()> {
     let ns = NamedNetns::add("procs")?;
     let inode = ns.inode()?;
     let first = ChildProcess::spawn("ip", &["netns", "exec", &ns.name, "sleep", "120"])?;
-    std::thread::sleep(Duration::from_millis(50) * slowdown());
-    let _others = [
+    // Start times are in clock ticks: the others must start in a later tick to be younger.
+    let first_start = start_ticks(first.pid())?;
+    wait_for("a clock tick after the first process started", Duration::from_secs(5), || {
+        let probe = ChildProcess::spawn("true", &[])?;
+        Ok((start_ticks(probe.pid())? > first_start).then_some(()))
+    })?;
+    let others = [
         ChildProcess::spawn("ip", &["netns", "exec", &ns.name, "sleep", "121"])?,
         ChildProcess::spawn("ip", &["netns", "exec", &ns.name, "sleep", "122"])?,
     ];
+    for p in others.iter().chain([&first]) {
+        wait_exec(p.pid(), "sleep")?;
+    }
     // The oldest process is the main one.
-    let labels = wait_info(&agent, inode, "3 processes, the oldest first", |l, m| {
-        processes(m, inode) == 3.0 && l["pid"] == first.pid().to_string()
+    wait_info(&agent, inode, "3 processes, the oldest first", |l, m| {
+        processes(m, inode) == Some(3.0)
+            && l["pid"] == first.pid().to_string()
+            && l["comm"] == "sleep"
+            && l["name"] == ns.name
     })?;
-    ensure!(labels["comm"] == "sleep" && labels["name"] == ns.name, "{labels:?}");
     Ok(())
 }
 
@@ -98,15 +139,19 @@ fn a_cni_cache_entry_names_the_pod() -> Result<()> {
         ),
     )?;
     let agent = Agent::start_with_config(&format!("{FAST}cni_cache_dir = \"{}\"\n", dir.display()))?;
-    let _proc = ChildProcess::spawn("ip", &["netns", "exec", &ns.name, "sleep", "120"])?;
+    let proc = ChildProcess::spawn("ip", &["netns", "exec", &ns.name, "sleep", "120"])?;
     let inode = ns.inode()?;
-    let labels = wait_info(&agent, inode, "the pod labels", |l, m| {
-        l["pod"] == "cart-7d9f" && processes(m, inode) == 1.0
-    })?;
-    ensure!(labels["pod_namespace"] == "shop", "{labels:?}");
+    // `ip` is the namespace's process until it execs sleep: wait for the state asserted.
+    wait_exec(proc.pid(), "sleep")?;
     // The process is in no container cgroup here, so the id comes from the CNI cache.
-    ensure!(labels["container_id"] == sandbox, "{labels:?}");
-    ensure!(labels["comm"] == "sleep", "{labels:?}");
+    wait_info(&agent, inode, "the pod labels and the process", |l, m| {
+        l["pod"] == "cart-7d9f"
+            && l["pod_namespace"] == "shop"
+            && l["container_id"] == sandbox
+            && l["comm"] == "sleep"
+            && l["pid"] == proc.pid().to_string()
+            && processes(m, inode) == Some(1.0)
+    })?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -132,36 +177,49 @@ fn a_destroyed_namespace_leaves_the_exposition_after_the_grace_period() -> Resul
     let inode = ns.inode()?;
     wait_info(&agent, inode, "the namespace", |_, _| true)?;
     ns.delete()?;
-    // Still there just after teardown (grace 2 s), gone after.
+    // Still there just after teardown (grace 2 s), gone after; unless the kernel gave the
+    // inode number to a new namespace (another creator's) that lives now: its series
+    // replaces ours at once, and user space sees that namespace.
     wait_for("the info series to leave", Duration::from_secs(20), || {
-        Ok(info(&agent.scrape()?, inode).is_none().then_some(()))
+        Ok((info(&agent.scrape()?, inode).is_none() || visible_namespaces().contains(&inode)).then_some(()))
     })
 }
 
 #[test]
 fn namespaces_past_the_cap_fold_into_overflow() -> Result<()> {
-    let baseline = netns_agent_e2e::visible_namespaces().len();
-    let agent =
-        Agent::start_with_config(&format!("{FAST}[limits]\ntracked_namespaces = {}\n", baseline + 2))?;
+    let baseline = visible_namespaces().len();
+    let cap = baseline + 2;
+    let agent = Agent::start_with_config(&format!("{FAST}[limits]\ntracked_namespaces = {cap}\n"))?;
     let named: Vec<NamedNetns> = (0..5).map(|_| NamedNetns::add("cap")).collect::<Result<_>>()?;
-    let m = wait_for("3 namespaces dropped", Duration::from_secs(10), || {
+    let ours: Vec<u64> = named.iter().map(NamedNetns::inode).collect::<Result<_>>()?;
+    // With the host's namespaces as they were, 2 of ours fit and 3 fold. Other namespaces
+    // coming or going meanwhile move that split, so count what happened to ours: each is
+    // either exported one by one or folded, and every folded one is counted as dropped.
+    let dropped_ours = |m: &Metrics| ours.iter().filter(|i| info(m, **i).is_none()).count();
+    let m = wait_for("the cap reached and ours placed", Duration::from_secs(10), || {
         let m = agent.scrape()?;
-        Ok((m.get("netns_agent_namespaces_dropped_total", &[]) == 3.0).then_some(m))
+        let dropped = m.value("netns_agent_namespaces_dropped_total", &[])?;
+        Ok((dropped_ours(&m) >= 1 && dropped >= dropped_ours(&m) as f64).then_some(m))
     })?;
-    ensure!(
-        m.series("netns_info").len() == baseline + 2,
-        "info series capped: {}",
-        m.series("netns_info").len()
-    );
-    // Lookups in a dropped namespace count under netns="overflow".
-    let last = named.last().unwrap();
+    let info_series = m.series("netns_info").len();
+    ensure!(info_series <= cap, "info series {info_series}, cap {cap}");
+    // The cap holds only once reached: a namespace of ours folded means it was full.
+    ensure!(info_series == cap, "info series {info_series} below the cap {cap} though one of ours folded");
+    // Lookups in a dropped namespace count under netns="overflow" (other folded namespaces
+    // may add to it too: at least this one lookup).
+    let (last, _) = named
+        .iter()
+        .zip(&ours)
+        .rev()
+        .find(|(_, i)| info(&m, **i).is_none())
+        .ok_or_else(|| anyhow::anyhow!("none of ours folded"))?;
     netns_agent_e2e::run("ip", &["-n", &last.name, "link", "set", "lo", "up"])?;
+    let overflow = |m: &Metrics| m.sum_where("netns_route_lookups_total", |l| l["netns"] == "overflow");
+    let before = overflow(&agent.scrape()?);
     netns_agent_e2e::run("ip", &["-n", &last.name, "route", "get", "127.0.0.1"])?;
-    let m = agent.scrape()?;
-    ensure!(
-        m.series("netns_route_lookups_total").iter().any(|l| l["netns"] == "overflow"),
-        "no overflow series"
-    );
+    wait_for("the lookup counted under overflow", Duration::from_secs(10), || {
+        Ok((overflow(&agent.scrape()?) >= before + 1.0).then_some(()))
+    })?;
     Ok(())
 }
 
@@ -171,33 +229,78 @@ fn churn_of_short_lived_namespaces_leaves_exposition_and_memory_where_they_start
     let agent = Agent::start_with_config(&format!("{FAST}journal_max_events = 200\n"))?;
     // Under emulation (the VM matrix) a smaller burst keeps the suite inside its budget.
     let burst = if slowdown() > 1 { 300 } else { 2000 };
-    let lines = |agent: &Agent| -> Result<usize> {
-        Ok(agent.get("/metrics")?.lines().filter(|l| !l.starts_with('#')).count())
+    // Our creations under a comm nobody else uses.
+    let comm = unique_comm("churn");
+    set_thread_comm(&comm)?;
+    // Series about namespaces: the ones this test made are known by inode. The others
+    // (the host's, other creators') are not this test's to count.
+    let mut ours = std::collections::BTreeSet::new();
+    // What is left of our namespaces in the exposition: series labelled with one of our
+    // inode numbers, unless the namespace the agent has under that number now is another
+    // creator's (inode numbers come back within seconds, and other creators get ours).
+    let leftovers = |agent: &Agent, ours: &std::collections::BTreeSet<u64>| -> Result<Vec<String>> {
+        let creators = |agent: &Agent| -> Result<std::collections::BTreeMap<u64, String>> {
+            Ok(agent
+                .namespaces()?
+                .iter()
+                .filter_map(|ns| {
+                    Some((ns["netns"].as_u64()?, ns["creator"]["comm"].as_str().unwrap_or("").to_owned()))
+                })
+                .collect())
+        };
+        let (first, text, second) = (creators(agent)?, agent.get("/metrics")?, creators(agent)?);
+        let others = |inode: u64| {
+            [&first, &second].iter().any(|c| c.get(&inode).is_some_and(|creator| *creator != comm))
+                && ![&first, &second].iter().any(|c| c.get(&inode).is_some_and(|creator| *creator == comm))
+        };
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split("netns=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next()?.parse::<u64>().ok())
+                    .is_some_and(|inode| ours.contains(&inode) && !others(inode))
+            })
+            .map(str::to_owned)
+            .collect())
     };
-    let churn = |agent: &Agent| -> Result<()> {
-        let destroyed = agent.scrape()?.get("netns_destroyed_total", &[]);
+    let mut churn = |agent: &Agent| -> Result<()> {
         for _ in 0..burst {
-            clone_newnet(false)?;
+            ours.insert(clone_newnet_inode(false)?);
         }
-        wait_for("every teardown", Duration::from_secs(60), || {
-            Ok((agent.scrape()?.get("netns_destroyed_total", &[]) >= destroyed + burst as f64).then_some(()))
-        })?;
-        // Grace is 2 s: afterwards only the namespaces that were there before remain.
-        std::thread::sleep(Duration::from_secs(4));
+        // Teardown, then the grace period (2 s): every series of ours leaves.
+        let mut left = Vec::new();
+        wait_for("our namespaces' series to leave", Duration::from_secs(60), || {
+            left = leftovers(agent, &ours)?;
+            Ok(left.is_empty().then_some(()))
+        })
+        .map_err(|e| e.context(format!("left: {:?}", left.iter().take(5).collect::<Vec<_>>())))?;
         Ok(())
     };
-    let before = lines(&agent)?;
+    // Series not about a namespace: a fixed set the test owns all causes of (other
+    // creators only add netns_created_total comms, which are theirs).
+    let fixed = |m: &Metrics| -> Vec<(String, std::collections::BTreeMap<String, String>)> {
+        m.all_series()
+            .into_iter()
+            .filter(|(name, labels)| !labels.contains_key("netns") && name != "netns_created_total")
+            .collect()
+    };
+    let before = agent.scrape()?;
     churn(&agent)?; // warm-up: allocator pools and maps reach their working size
     let rss_warm = rss_kib(agent.pid())?;
     churn(&agent)?;
-    let after = lines(&agent)?;
+    let after = agent.scrape()?;
     let rss_after = rss_kib(agent.pid())?;
-    // The churning thread's comm adds one netns_created_total series; nothing else stays.
-    ensure!(after <= before + 1, "exposition grew from {before} to {after} lines");
+    ensure!(fixed(&after) == fixed(&before), "the series not about a namespace changed");
+    // The churning thread's comm adds one netns_created_total series.
+    ensure!(!before.has("netns_created_total", &[("comm", &comm)]), "{comm} counted before it ran");
+    let created = after.value("netns_created_total", &[("comm", &comm)])?;
+    ensure!(created == 2.0 * burst as f64, "netns_created_total{{comm={comm:?}}} {created}");
     ensure!(
         rss_after <= rss_warm + 2048,
         "RSS grew from {rss_warm} KiB to {rss_after} KiB over {burst} namespaces"
     );
-    ensure!(agent.scrape()?.get("netns_agent_events_lost_total", &[]) == 0.0);
+    ensure!(after.value("netns_agent_events_lost_total", &[])? == 0.0, "events lost");
     Ok(())
 }

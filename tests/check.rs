@@ -1,37 +1,82 @@
 //! `netns-agent check` against the kernel it runs on.
 
-use anyhow::{Result, ensure};
-use netns_agent_e2e::{agent_bin, mode, run};
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context as _, Result, ensure};
+use netns_agent_e2e::{Agent, agent_bin, mode, run};
+
+/// The probes the agent registers, from a running agent in the test mode: every registered
+/// probe appears in `netns_agent_probe_attached`, attached or not.
+fn registered_probes() -> Result<BTreeSet<String>> {
+    let agent = Agent::start()?;
+    let m = agent.scrape()?;
+    let probes: BTreeSet<String> =
+        m.series("netns_agent_probe_attached").into_iter().map(|l| l["probe"].clone()).collect();
+    ensure!(!probes.is_empty(), "no netns_agent_probe_attached series:\n{}", m.text);
+    Ok(probes)
+}
+
+/// `check`'s per-probe sections: probe name -> (mode -> status line), from
+/// `NAME: summary` headers followed by indented `MODE STATUS` lines.
+fn sections(text: &str, probes: &BTreeSet<String>) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            current = line.split_once(": ").map(|(n, _)| n.to_owned()).filter(|n| probes.contains(n));
+            if let Some(name) = &current {
+                out.entry(name.clone()).or_default();
+            }
+            continue;
+        }
+        let (Some(name), Some((word, status))) = (&current, line.trim_start().split_once(' ')) else {
+            continue;
+        };
+        if ["fentry", "kprobe", "tracepoint"].contains(&word) && !status.trim_start().starts_with("sees:") {
+            out.entry(name.clone()).or_default().insert(word.to_owned(), status.trim().to_owned());
+        }
+    }
+    out
+}
 
 #[test]
 fn check_explains_every_mode_and_picks_one_that_works() -> Result<()> {
-    let out = run(agent_bin().to_str().unwrap(), &["check"])?;
+    let probes = registered_probes()?;
+    let out = run(agent_bin().to_str().context("agent path")?, &["check"])?;
     let text = String::from_utf8(out.stdout)?;
-    for probe in ["netns_create", "netns_destroy", "device_move", "route_lookup_ipv4", "route_lookup_ipv6"] {
-        ensure!(text.contains(&format!("{probe}: ")), "{probe} missing:\n{text}");
-    }
     ensure!(text.contains("BTF           /sys/kernel/btf/vmlinux: present"), "{text}");
-    // The mode this test tier forces must work here, and check must say so.
-    let works = |l: &str| {
-        let mut words = l.split_whitespace();
-        words.next() == Some(mode().as_str()) && words.next() == Some("works")
-    };
-    ensure!(text.lines().any(works), "{text}");
+    // Every probe that should work in this tier's mode must, and check must say so: one
+    // probe failing is a failure, not only all of them.
+    let sections = sections(&text, &probes);
+    for probe in &probes {
+        let modes = sections.get(probe).with_context(|| format!("{probe} missing from check:\n{text}"))?;
+        let status = modes.get(&mode()).with_context(|| format!("{probe}: no {} line:\n{text}", mode()))?;
+        ensure!(status == "works", "{probe} in {} mode: {status}\n{text}", mode());
+    }
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     if kprobes {
         ensure!(text.contains("kprobes       available"), "{text}");
     } else {
         // A tracepoint-only kernel (the CI host): say why kprobes cannot work.
         ensure!(text.contains("kprobes       unavailable") && text.contains("CONFIG_KPROBES"), "{text}");
-        ensure!(text.contains("run would use: tracepoint"), "{text}");
+        let picks = text.matches("run would use: tracepoint").count();
+        ensure!(picks == probes.len(), "{picks} of {} probes would use tracepoint:\n{text}", probes.len());
     }
     Ok(())
 }
 
 #[test]
 fn check_forced_mode_reports_that_mode() -> Result<()> {
-    let out = run(agent_bin().to_str().unwrap(), &["check", "--attach", &mode()])?;
+    let probes = registered_probes()?;
+    let out = run(agent_bin().to_str().context("agent path")?, &["check", "--attach", &mode()])?;
     let text = String::from_utf8(out.stdout)?;
-    ensure!(text.contains(&format!("run would use: {} (forced)", mode())), "{text}");
+    let forced = format!("run would use: {} (forced)", mode());
+    // Each registered probe's section says so, not just one of them.
+    ensure!(
+        text.matches(&forced).count() == probes.len(),
+        "{} of {} probes say {forced:?}:\n{text}",
+        text.matches(&forced).count(),
+        probes.len()
+    );
     Ok(())
 }

@@ -9,8 +9,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::Write as _,
+    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -128,16 +128,33 @@ impl Drop for Agent {
     }
 }
 
-/// A minimal HTTP/1.0 GET against loopback.
+/// A GET against loopback that must answer 200; its body.
 pub fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10) * slowdown()))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "HTTP error: {head}");
-    Ok(body.to_owned())
+    let (status, body) = http_get_status(port, path)?;
+    ensure!(status == 200, "GET {path}: HTTP {status}: {}", body.trim());
+    Ok(body)
+}
+
+/// A GET against loopback: the status (any, 404 and 500 included) and the body.
+pub fn http_get_status(port: u16, path: &str) -> Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // Loopback only: never through a proxy the environment may name.
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(10) * slowdown()))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut response = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    // An exposition of many namespaces is large: no 10 MB default cap.
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .with_context(|| format!("reading the body of {url}"))?;
+    Ok((status, body))
 }
 
 /// A parsed exposition: `name{label="value",...}` -> value.
@@ -167,17 +184,44 @@ impl Metrics {
         Self { samples, text: text.to_owned() }
     }
 
-    /// The sample with exactly these labels, or 0 when absent (counters start at zero).
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    /// The sample with exactly these labels, `None` when the series is absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut key: Vec<(String, String)> =
             labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         key.sort();
-        self.samples.get(name).and_then(|m| m.get(&key)).copied().unwrap_or(0.0)
+        self.samples.get(name).and_then(|m| m.get(&key)).copied()
     }
 
-    /// Sum over every sample of `name`.
-    pub fn sum(&self, name: &str) -> f64 {
-        self.samples.get(name).map(|m| m.values().sum()).unwrap_or(0.0)
+    /// The sample with exactly these labels; an error naming the series when it is absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        self.get(name, labels).with_context(|| format!("absent: {}", series_name(name, labels)))
+    }
+
+    /// The sample, or 0 when absent. Only for counters that legitimately start absent (a
+    /// labelled counter before its first event); anything always exported takes `value`.
+    pub fn get_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// Whether the series exists.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.get(name, labels).is_some()
+    }
+
+    /// Sum over every sample of `name` whose labels satisfy `filter`; 0 when none does.
+    pub fn sum_where(&self, name: &str, filter: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
+        self.samples
+            .get(name)
+            .map(|m| m.iter().filter(|(k, _)| filter(&k.iter().cloned().collect())).map(|(_, v)| v).sum())
+            .unwrap_or(0.0)
+    }
+
+    /// Every series: its name and labels.
+    pub fn all_series(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.samples
+            .iter()
+            .flat_map(|(name, m)| m.keys().map(|k| (name.clone(), k.iter().cloned().collect())))
+            .collect()
     }
 
     /// Label sets of `name`.
@@ -187,6 +231,12 @@ impl Metrics {
             .map(|m| m.keys().map(|k| k.iter().cloned().collect()).collect())
             .unwrap_or_default()
     }
+}
+
+/// `name{a="x",b="y"}`, for messages.
+pub fn series_name(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{name}{{{}}}", labels.join(","))
 }
 
 /// Parses `a="x",b="y\"z"` with the exposition's escapes.
@@ -260,6 +310,11 @@ impl NamedNetns {
         Ok(std::fs::metadata(format!("/run/netns/{}", self.name))?.ino())
     }
 
+    /// Takes charge of a namespace created under `/run/netns/NAME` some other way.
+    pub fn adopt(name: String) -> Self {
+        Self { name, deleted: false }
+    }
+
     pub fn delete(mut self) -> Result<()> {
         self.deleted = true;
         run("ip", &["netns", "del", &self.name]).map(|_| ())
@@ -325,6 +380,12 @@ fn raw_clone_newnet(clone3: bool) -> i64 {
 /// tries `unshares` unshare(CLONE_NEWNET), then `clones` clone and clone3 calls each.
 /// Every attempt must fail with ENOSPC. Returns how many attempts were made.
 pub fn failing_creations(unshares: u32, clones: u32) -> Result<u32> {
+    failing_creations_as(&thread_comm(), unshares, clones)
+}
+
+/// `failing_creations` by a child named `comm`, so the journal tells its failures apart.
+pub fn failing_creations_as(comm: &str, unshares: u32, clones: u32) -> Result<u32> {
+    let name = std::ffi::CString::new(comm)?;
     let uid_map = c"/proc/self/uid_map";
     let limit = c"/proc/sys/user/max_net_namespaces";
     // SAFETY: after fork the child runs only raw syscalls on pre-built data, then _exit.
@@ -336,6 +397,7 @@ pub fn failing_creations(unshares: u32, clones: u32) -> Result<u32> {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
                 fd >= 0 && libc::write(fd, data.as_ptr().cast(), data.len()) == data.len() as isize
             };
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
             if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                 libc::_exit(10);
             }
@@ -431,7 +493,14 @@ pub fn send_udp(ns: &str, dst: &str, count: u32) -> Result<()> {
     })
 }
 
-/// Three namespaces joined by veth pairs: `a` - `r` - `b`, with `r` forwarding IPv4 and IPv6.
+const MAC_A: &str = "02:77:01:00:00:02";
+const MAC_RA: &str = "02:77:01:00:00:01";
+const MAC_B: &str = "02:77:02:00:00:02";
+const MAC_RB: &str = "02:77:02:00:00:01";
+
+/// Three namespaces joined by veth pairs: `a` - `r` - `b`, with `r` forwarding IPv4 and IPv6;
+/// permanent neighbour entries and no reverse-path filter, so that the route lookups per
+/// datagram are known (see tests/routes.rs).
 /// a: 10.77.1.2/24, fd77:1::2/64; r: 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1;
 /// b: 10.77.2.2/24, fd77:2::2/64. Deleted on drop.
 pub struct RouterTopology {
@@ -451,8 +520,36 @@ impl RouterTopology {
         for ns in [&a, &r, &b] {
             ip(ns, "link set lo up")?;
         }
-        ip(&a, &format!("link add va type veth peer name vra netns {}", r.name))?;
-        ip(&b, &format!("link add vb type veth peer name vrb netns {}", r.name))?;
+        // Fixed addresses and permanent neighbours: no ARP or neighbour discovery, whose
+        // lookups would come at times the tests cannot know. No reverse-path filter (its
+        // check is one more lookup per packet, depending on the host's defaults).
+        ip(
+            &a,
+            &format!("link add va address {MAC_A} type veth peer name vra address {MAC_RA} netns {}", r.name),
+        )?;
+        ip(
+            &b,
+            &format!("link add vb address {MAC_B} type veth peer name vrb address {MAC_RB} netns {}", r.name),
+        )?;
+        let sysctl = |ns: &NamedNetns, settings: &[&str]| -> Result<()> {
+            let mut args = vec!["netns", "exec", ns.name.as_str(), "sysctl", "-qw"];
+            args.extend(settings);
+            run("ip", &args).map(|_| ())
+        };
+        sysctl(&a, &["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.va.rp_filter=0"])?;
+        sysctl(&b, &["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.vb.rp_filter=0"])?;
+        sysctl(
+            &r,
+            &[
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.vra.rp_filter=0",
+                "net.ipv4.conf.vrb.rp_filter=0",
+            ],
+        )?;
+        // No router solicitations or duplicate address detection on the hosts' links.
+        sysctl(&a, &["net.ipv6.conf.va.router_solicitations=0", "net.ipv6.conf.va.accept_dad=0"])?;
+        sysctl(&b, &["net.ipv6.conf.vb.router_solicitations=0", "net.ipv6.conf.vb.accept_dad=0"])?;
+        sysctl(&r, &["net.ipv6.conf.vra.accept_dad=0", "net.ipv6.conf.vrb.accept_dad=0"])?;
         ip(&a, "addr add 10.77.1.2/24 dev va")?;
         ip(&a, "addr add fd77:1::2/64 dev va nodad")?;
         ip(&a, "link set va up")?;
@@ -469,6 +566,16 @@ impl RouterTopology {
         ip(&b, "link set vb up")?;
         ip(&b, "route add default via 10.77.2.1")?;
         ip(&b, "-6 route add default via fd77:2::1")?;
+        for (ns, dev, addrs, mac) in [
+            (&a, "va", ["10.77.1.1", "fd77:1::1"], MAC_RA),
+            (&r, "vra", ["10.77.1.2", "fd77:1::2"], MAC_A),
+            (&r, "vrb", ["10.77.2.2", "fd77:2::2"], MAC_B),
+            (&b, "vb", ["10.77.2.1", "fd77:2::1"], MAC_RB),
+        ] {
+            for addr in addrs {
+                ip(ns, &format!("neigh replace {addr} lladdr {mac} dev {dev} nud permanent"))?;
+            }
+        }
         run("ip", &["netns", "exec", &r.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         run("ip", &["netns", "exec", &r.name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         Ok(Self { a, r, b })
@@ -702,4 +809,181 @@ fn recv_fd(from: i32) -> Result<std::os::fd::OwnedFd> {
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
         Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
+}
+
+impl Agent {
+    /// The journal after `since` (a `seq`; 0 for all): its entries, oldest first, and the
+    /// newest `seq`, from `GET /api/v1/events`.
+    pub fn events_since(&self, since: u64) -> Result<(Vec<serde_json::Value>, u64)> {
+        let body = self.get(&format!("/api/v1/events?since={since}&limit=1000000"))?;
+        let view: serde_json::Value = serde_json::from_str(&body).context("events API: not JSON")?;
+        let events = view["events"].as_array().cloned().context("events API: no events")?;
+        let last = view["last_seq"].as_u64().context("events API: no last_seq")?;
+        Ok((events, last))
+    }
+
+    /// The newest journal `seq` now: pass it to `events_since` to see only what follows.
+    pub fn last_seq(&self) -> Result<u64> {
+        Ok(self.events_since(u64::MAX)?.1)
+    }
+
+    /// `GET /api/v1/namespaces`: one object per namespace the agent knows.
+    pub fn namespaces(&self) -> Result<Vec<serde_json::Value>> {
+        let body = self.get("/api/v1/namespaces")?;
+        serde_json::from_str(&body).context("namespaces API: not JSON")
+    }
+
+    /// The ids of the eBPF programs this agent holds now (`prog_id:` in the fdinfo of its
+    /// program and link fds).
+    pub fn program_ids(&self) -> Result<std::collections::BTreeSet<u32>> {
+        let pid = self.pid();
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let entry = entry?;
+            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+            let target = target.to_string_lossy();
+            if target != "anon_inode:bpf-prog" && target != "anon_inode:bpf_link" {
+                continue;
+            }
+            let fdinfo = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+            let Ok(text) = std::fs::read_to_string(fdinfo) else { continue };
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+        Ok(ids)
+    }
+}
+
+/// The ids of every eBPF program loaded in the kernel now (`bpftool prog show --json`).
+pub fn loaded_program_ids() -> Result<std::collections::BTreeSet<u32>> {
+    let out = run("bpftool", &["prog", "show", "--json"])?;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).context("bpftool --json")?;
+    Ok(list.iter().filter_map(|p| p["id"].as_u64()).map(|id| id as u32).collect())
+}
+
+/// Names the calling thread (its comm, what the kernel reports for creations it makes):
+/// a name no other process on the host uses lets a test count only its own creations.
+pub fn set_thread_comm(comm: &str) -> Result<()> {
+    ensure!(comm.len() <= 15, "comm {comm:?} is longer than 15 bytes");
+    let name = std::ffi::CString::new(comm)?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    ensure!(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } == 0, "prctl(PR_SET_NAME)");
+    Ok(())
+}
+
+/// A unique comm for this test process: `prefix` and a sequence (at most 15 bytes).
+pub fn unique_comm(prefix: &str) -> String {
+    let name = unique(prefix);
+    ensure_len(&name);
+    name
+}
+
+fn ensure_len(name: &str) {
+    assert!(name.len() <= 15, "comm {name:?} is longer than 15 bytes");
+}
+
+/// A command that runs program `cmd` (found in PATH) under the comm `comm`: through a
+/// symlink named `comm` (the kernel takes a process's comm from the file name it
+/// executes), with `argv[0]` still `cmd` (`ip` dispatches on its argv[0]).
+pub fn command_as(cmd: &str, comm: &str) -> Result<Command> {
+    use std::os::unix::process::CommandExt as _;
+    ensure_len(comm);
+    let target = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{cmd} not found in PATH"))?;
+    let dir = std::env::temp_dir().join(format!("netns-agent-test-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let link = dir.join(comm);
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(&target, &link)?;
+    }
+    let mut command = Command::new(link);
+    command.arg0(cmd);
+    Ok(command)
+}
+
+/// Runs `cmd args` under the comm `comm` (see `command_as`), failing with its stderr.
+pub fn run_as(cmd: &str, comm: &str, args: &[&str]) -> Result<Output> {
+    let out = command_as(cmd, comm)?.args(args).output().with_context(|| format!("running {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {} (as {comm}) failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+/// Like `clone_newnet`, and returns the new namespace's inode: the child waits on a pipe
+/// until this process has read its `/proc/PID/ns/net`, then exits.
+pub fn clone_newnet_inode(clone3: bool) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe2 fills the two fds.
+    ensure!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
+    let (read_end, write_end) = (pipe[0], pipe[1]);
+    match raw_clone_newnet(clone3) {
+        // SAFETY: the child closes its write end, waits for EOF and exits: raw calls only.
+        0 => unsafe {
+            libc::close(write_end);
+            let mut byte = 0u8;
+            libc::read(read_end, (&raw mut byte).cast(), 1);
+            libc::_exit(0)
+        },
+        -1 => {
+            // SAFETY: closing our own fds.
+            unsafe {
+                libc::close(read_end);
+                libc::close(write_end);
+            }
+            bail!("clone failed: {}", std::io::Error::last_os_error())
+        }
+        pid => {
+            let inode = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+            let mut status = 0;
+            // SAFETY: closing our own fds (EOF releases the child), then reaping it.
+            unsafe {
+                libc::close(read_end);
+                libc::close(write_end);
+                libc::waitpid(pid as i32, &mut status, 0);
+            }
+            Ok(inode?)
+        }
+    }
+}
+
+/// Journal entries of `kind` whose `comm` is `comm`.
+pub fn events_of<'a>(events: &'a [serde_json::Value], kind: &str, comm: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["kind"] == kind && e["comm"] == comm).collect()
+}
+
+/// For each creation in `created`, the teardowns the journal (`events`, oldest first)
+/// records for that namespace: entries about its inode number after the creation and
+/// before any later creation of the same number (inode numbers come back within seconds).
+pub fn teardowns(events: &[serde_json::Value], created: &[&serde_json::Value]) -> Vec<usize> {
+    created
+        .iter()
+        .map(|c| {
+            let (seq, netns) = (c["seq"].as_u64().unwrap_or(0), &c["netns"]);
+            events
+                .iter()
+                .filter(|e| e["seq"].as_u64().unwrap_or(0) > seq && &e["netns"] == netns)
+                .take_while(|e| e["kind"] != "netns_created")
+                .filter(|e| e["kind"] == "netns_destroyed")
+                .count()
+        })
+        .collect()
+}
+
+/// For each creation in `created`, whether the journal records its teardown (see
+/// `teardowns`).
+pub fn torn_down(events: &[serde_json::Value], created: &[&serde_json::Value]) -> Vec<bool> {
+    teardowns(events, created).into_iter().map(|n| n > 0).collect()
 }
