@@ -31,6 +31,8 @@ pub struct Agent {
     pub health: Health,
     /// Woken when a namespace appears, so the next attribution scan comes soon.
     pub rescan_soon: tokio::sync::Notify,
+    /// Set when the first attribution scan has finished (`/-/ready`).
+    pub scanned: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -64,7 +66,11 @@ impl Agent {
                 .collect()
         });
         let holders = procfs::find_holders(&self.sources, &orphaned);
-        self.model.with(|state| state.ownership = Ownership { owners, holders, scanned: Some(started) });
+        self.model.with(|state| {
+            state.namespaces.remember_owners(&owners);
+            state.ownership = Ownership { owners, holders, scanned: Some(started) };
+        });
+        self.scanned.store(true, std::sync::atomic::Ordering::Release);
         // A scan allocates and frees a map per process; give the pages back to the system.
         crate::kernel::host::trim_heap();
     }
@@ -98,6 +104,10 @@ impl Source for Agent {
 
     fn netns_of_pid(&self, pid: i32) -> Option<u32> {
         procfs::process(&self.sources, pid).map(|p| p.netns)
+    }
+
+    fn ready(&self) -> bool {
+        self.scanned.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

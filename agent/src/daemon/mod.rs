@@ -148,6 +148,7 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
         sources: settings.sources.clone(),
         health: Health::default(),
         rescan_soon: tokio::sync::Notify::new(),
+        scanned: std::sync::atomic::AtomicBool::new(false),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));
     let listener = Arc::new(Mutex::new(Some(listener)));

@@ -64,12 +64,30 @@ pub fn router(source: Shared, options: &Options) -> Router {
     if !options.disable_api {
         router = router.route("/api/v1/namespaces", get(namespaces)).route("/api/v1/events", get(events));
     }
-    let router = router.with_state(source);
+    let router = router.with_state(Arc::clone(&source));
     let auth = Auth::new(options.web.users.clone());
-    if auth.enabled() {
+    let router = if auth.enabled() {
         router.layer(axum::middleware::from_fn_with_state(auth, web::require_auth))
     } else {
         router
+    };
+    // Health endpoints say nothing about the host, and a kubelet's probes carry no password:
+    // they stay outside basic authentication (they are still served over TLS when it is on).
+    router.merge(
+        Router::new().route("/-/healthy", get(healthy)).route("/-/ready", get(ready)).with_state(source),
+    )
+}
+
+async fn healthy() -> &'static str {
+    "Healthy\n"
+}
+
+async fn ready(State(source): State<Shared>) -> Response {
+    if source.ready() {
+        "Ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Not ready: the first scan of processes and mounts is under way\n")
+            .into_response()
     }
 }
 
@@ -160,7 +178,8 @@ async fn index() -> impl IntoResponse {
         "<html><head><title>netns-agent</title></head><body><h1>netns-agent</h1><ul>\
          <li><a href=\"/metrics\">/metrics</a></li>\
          <li><a href=\"/api/v1/namespaces\">/api/v1/namespaces</a></li>\
-         <li><a href=\"/api/v1/events\">/api/v1/events</a></li></ul></body></html>",
+         <li><a href=\"/api/v1/events\">/api/v1/events</a></li>\
+         <li><a href=\"/-/healthy\">/-/healthy</a>, <a href=\"/-/ready\">/-/ready</a></li></ul></body></html>",
     )
 }
 
@@ -182,6 +201,9 @@ mod tests {
         fn netns_of_pid(&self, _: i32) -> Option<u32> {
             None
         }
+        fn ready(&self) -> bool {
+            false
+        }
     }
 
     struct Empty;
@@ -195,6 +217,9 @@ mod tests {
         }
         fn netns_of_pid(&self, _: i32) -> Option<u32> {
             None
+        }
+        fn ready(&self) -> bool {
+            false
         }
     }
 
@@ -222,5 +247,11 @@ mod tests {
         assert!(body.contains("netns_alive 0"), "{body}");
         let (status, _) = get(Arc::new(Empty), "/api/v1/namespaces?pid=1").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(get(Arc::new(Empty), "/-/healthy").await.0, StatusCode::OK);
+        assert_eq!(
+            get(Arc::new(Empty), "/-/ready").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not scanned yet"
+        );
     }
 }

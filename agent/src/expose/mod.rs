@@ -20,6 +20,9 @@ pub trait Source: Send + Sync + 'static {
     fn events(&self, filter: &Filter, since: u64, limit: usize) -> EventsView;
     /// The namespace inode of a process, or `None` if there is no such process. Blocking.
     fn netns_of_pid(&self, pid: i32) -> Option<u32>;
+    /// True once the numbers mean something: probes attached (before the server starts)
+    /// and the first scan of processes and mounts done, so owners are known.
+    fn ready(&self) -> bool;
 }
 
 /// The namespaces of a snapshot, for `/api/v1/namespaces`.

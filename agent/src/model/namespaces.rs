@@ -13,6 +13,8 @@ use std::{
 
 use netns_agent_common::{lifecycle::NetnsRecord, routes::UNKNOWN_NETNS};
 
+use super::owners::Owner;
+
 /// The `netns` label of lookups that could not be attributed.
 pub const UNKNOWN_LABEL: &str = "unknown";
 
@@ -30,6 +32,9 @@ pub struct Namespace {
     pub first_seen: SystemTime,
     /// Its creation, when the agent saw it.
     pub created: Option<Creation>,
+    /// Its owner as the last scan before its teardown saw it: a destroyed namespace keeps
+    /// its labels for the grace period.
+    pub last_owner: Option<Owner>,
 }
 
 /// Who created a namespace, resolved when it happened.
@@ -49,6 +54,7 @@ impl Namespace {
             destroyed_boot_ns: None,
             first_seen: SystemTime::now(),
             created: None,
+            last_owner: None,
         }
     }
 }
@@ -177,6 +183,15 @@ impl NamespaceTable {
 
     pub fn get(&self, cookie: u64) -> Option<&Namespace> {
         self.by_cookie.get(&cookie)
+    }
+
+    /// Remembers the owners of the namespaces still alive, from a fresh scan.
+    pub fn remember_owners(&mut self, owners: &HashMap<u32, Owner>) {
+        for ns in self.by_cookie.values_mut().filter(|ns| ns.destroyed_at.is_none()) {
+            if let Some(owner) = owners.get(&ns.inum) {
+                ns.last_owner = Some(owner.clone());
+            }
+        }
     }
 
     /// Every namespace tracked one by one (alive or within its grace period).

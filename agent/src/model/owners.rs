@@ -49,13 +49,19 @@ pub fn scan(sources: &Sources) -> HashMap<u32, Owner> {
     assemble(procfs::processes(sources), procfs::nsfs_mounts(sources), procfs::cni_entries(sources))
 }
 
-/// Joins processes, mount names and CNI entries into owners by namespace inode.
+/// The `name` of the host's (init's) namespace. Runtimes bind-mount it under names of their
+/// own (Docker's `/run/docker/netns/default`), which would pass it off as a container's.
+pub const HOST_NAME: &str = "host";
+
+/// Joins processes, mount names and CNI entries into owners by namespace inode. The
+/// namespace of pid 1 is the host's: it is named `host` whatever else mounts it.
 pub fn assemble(
     processes: Vec<ProcessRecord>,
     mounts: Vec<(u32, String)>,
     cni: Vec<(u32, crate::parse::cni::CniEntry)>,
 ) -> HashMap<u32, Owner> {
     let mut owners: HashMap<u32, Owner> = HashMap::new();
+    let host = processes.iter().find(|r| r.info.pid == 1).map(|r| r.netns);
     for record in processes {
         let owner = owners.entry(record.netns).or_default();
         owner.processes += 1;
@@ -69,7 +75,12 @@ pub fn assemble(
         }
     }
     for (inum, name) in mounts {
-        owners.entry(inum).or_default().names.insert(name);
+        if Some(inum) != host {
+            owners.entry(inum).or_default().names.insert(name);
+        }
+    }
+    if let Some(host) = host {
+        owners.entry(host).or_default().names = [HOST_NAME.to_owned()].into();
     }
     for (inum, entry) in cni {
         let owner = owners.entry(inum).or_default();
@@ -109,6 +120,18 @@ mod tests {
         assert_eq!(o.main.as_ref().unwrap().pid, 100, "lowest pid wins a tie");
         assert_eq!(o.container_id, "c-tie");
         assert_eq!(o.name_label(), "red");
+    }
+
+    #[test]
+    fn the_host_namespace_is_named_host_not_after_a_runtime_mount() {
+        let owners = assemble(
+            vec![record(1, 1, 5, ""), record(1, 900, 50, ""), record(2, 1000, 60, "")],
+            vec![(1, "/run/docker/netns/default".into()), (2, "red".into())],
+            vec![],
+        );
+        assert_eq!(owners[&1].name_label(), "host");
+        assert_eq!(owners[&1].main.as_ref().unwrap().pid, 1, "init is the host's main process");
+        assert_eq!(owners[&2].name_label(), "red");
     }
 
     #[test]

@@ -88,8 +88,11 @@ impl Model {
                 .namespaces
                 .iter()
                 .map(|(cookie, ns)| {
-                    let owner =
-                        ownership.owners.get(&ns.inum).filter(|_| ns.destroyed_at.is_none()).unwrap_or(&none);
+                    // A destroyed namespace shows its last known owner (no process is in it now).
+                    let owner = match ns.destroyed_at {
+                        None => ownership.owners.get(&ns.inum).unwrap_or(&none),
+                        Some(_) => ns.last_owner.as_ref().unwrap_or(&none),
+                    };
                     let s = states::classify(ns, Some(owner), &ctx);
                     if let Some(n) = by_state.get_mut(&s) {
                         *n += 1;
@@ -113,7 +116,7 @@ impl Model {
                             .main
                             .as_ref()
                             .map(|m| ProcessView { pid: m.pid, comm: m.comm.clone() }),
-                        processes: owner.processes,
+                        processes: if ns.destroyed_at.is_some() { 0 } else { owner.processes },
                         container_id: owner.container_id.clone(),
                         pod: owner.pod.clone(),
                         pod_namespace: owner.pod_namespace.clone(),
