@@ -92,6 +92,8 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
     };
     let http_options = expose::http::Options { web, disable_api: settings.web_disable_api };
     let listener = expose::http::bind(settings.listen).await?;
+    // Loading first (the usual missing privilege), then what attribution needs.
+    host::check_privileges().map_err(LoadError::from)?;
     host::check_proc_access(&settings.sources.proc_root).map_err(LoadError::from)?;
     let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
