@@ -93,6 +93,9 @@ pub struct LifecycleEvent {
     pub duration_ns: u64,
     /// Comm of `pid` (raw bytes from the kernel: untrusted, not necessarily UTF-8).
     pub comm: [u8; COMM_LEN],
+    /// The cgroup (v2 id, the inode of its cgroupfs directory) of the task that asked: names
+    /// a container runtime's container even after that task (`runc:[1:CHILD]`) has exited.
+    pub cgroup_id: u64,
 }
 
 impl LifecycleEvent {
@@ -109,11 +112,12 @@ impl LifecycleEvent {
             ts_ns: 0,
             duration_ns: 0,
             comm: [0; COMM_LEN],
+            cgroup_id: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 72);
 
 /// A creation in flight: stored at the start of `copy_net_ns`/`unshare`/`clone`, consumed at
 /// its end (key: the thread id).

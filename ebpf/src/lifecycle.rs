@@ -16,7 +16,9 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
+    },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap},
     programs::{
@@ -138,6 +140,8 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     event.ts_ns = now;
     event.duration_ns = duration_ns;
     event.comm = comm;
+    // SAFETY: the helper only reads the current task's cgroup (4.18+).
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     emit(&event);
     Ok(())
 }

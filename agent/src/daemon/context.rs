@@ -31,6 +31,8 @@ pub struct Agent {
     pub health: Health,
     /// Woken when a namespace appears, so the next attribution scan comes soon.
     pub rescan_soon: tokio::sync::Notify,
+    /// Container ids by cgroup id (for creators gone before /proc was read).
+    pub cgroups: Mutex<procfs::CgroupNames>,
     /// Set when the first attribution scan has finished (`/-/ready`).
     pub scanned: std::sync::atomic::AtomicBool,
 }
@@ -43,7 +45,12 @@ impl Agent {
     /// Applies a batch of kernel records. Blocking (reads /proc for creators).
     pub fn apply(&self, events: Vec<Event>) {
         let notify = || self.rescan_soon.notify_one();
-        let cx = EventContext { model: &self.model, sources: &self.sources, on_new_namespace: &notify };
+        let cx = EventContext {
+            model: &self.model,
+            sources: &self.sources,
+            cgroups: &self.cgroups,
+            on_new_namespace: &notify,
+        };
         for event in events {
             families::apply(&cx, event);
         }

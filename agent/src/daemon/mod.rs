@@ -28,6 +28,7 @@ use crate::{
         loader::{self, LoadError, Prepared},
         maps::MapError,
         probes::CLEANUP_PROBE,
+        procfs::CgroupNames,
         ring::{EventStream, RingError},
     },
     model::{
@@ -151,6 +152,7 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
         health: Health::default(),
         rescan_soon: tokio::sync::Notify::new(),
         scanned: std::sync::atomic::AtomicBool::new(false),
+        cgroups: Mutex::new(CgroupNames::new(&settings.sources)),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));
     let listener = Arc::new(Mutex::new(Some(listener)));

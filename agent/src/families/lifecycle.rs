@@ -92,7 +92,12 @@ fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
     cx.model.with(|state| state.namespaces.alive(e.cookie, e.inum));
     (cx.on_new_namespace)();
     let creator = procfs::process(cx.sources, e.pid as i32);
-    let container_id = creator.as_ref().map(|c| c.container_id.clone()).unwrap_or_default();
+    // The creator's cgroup as the kernel saw it names the container even when the process
+    // is already gone (a runtime's short-lived child); /proc, when it is still there, agrees.
+    let container_id = match &creator {
+        Some(c) if !c.container_id.is_empty() => c.container_id.clone(),
+        _ => cx.cgroups.lock().unwrap_or_else(|p| p.into_inner()).container_id(e.cgroup_id),
+    };
     // The process now in the namespace (the caller of unshare, a clone's child).
     let member_pid = if e.member_pid != 0 { e.member_pid } else { e.pid };
     let member = if member_pid == e.pid { creator } else { procfs::process(cx.sources, member_pid as i32) };
@@ -104,7 +109,8 @@ fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
             if owner.main.is_none() {
                 owner.main = Some(member.info);
                 owner.processes = owner.processes.max(1);
-                owner.container_id = member.container_id;
+                owner.container_id =
+                    if member.container_id.is_empty() { container_id.clone() } else { member.container_id };
             }
         }
         state.namespaces.created(

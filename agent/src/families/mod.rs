@@ -16,7 +16,7 @@ use aya::{
 use crate::{
     kernel::{
         maps::{MapError, take},
-        procfs::Sources,
+        procfs::{CgroupNames, Sources},
         ring::Event,
     },
     model::{Model, counters::Counters},
@@ -73,6 +73,8 @@ impl FamilyMaps {
 pub struct EventContext<'a> {
     pub model: &'a Model,
     pub sources: &'a Sources,
+    /// Container ids by cgroup id, for creators that exited before /proc could be read.
+    pub cgroups: &'a std::sync::Mutex<CgroupNames>,
     /// Called when a namespace appears, so attribution looks soon.
     pub on_new_namespace: &'a (dyn Fn() + Sync),
 }

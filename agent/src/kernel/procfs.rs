@@ -197,3 +197,106 @@ fn socket_netns(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Option<u32> {
     let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
     ns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok())
 }
+
+/// Container ids by cgroup id (the v2 cgroup's inode number, what `bpf_get_current_cgroup_id`
+/// returns), for creations whose process has exited before `/proc` could be read (runc's
+/// `runc:[1:CHILD]` unshares the namespace and exits within milliseconds). The cgroup tree is
+/// walked through the host's root (`/proc/1/root`), so a containerised agent with its own
+/// cgroup namespace still sees every container's cgroup.
+#[derive(Debug)]
+pub struct CgroupNames {
+    /// The host's cgroup v2 mount, as this process reaches it; `None` without cgroup v2.
+    root: Option<PathBuf>,
+    /// Resolved ids (empty string: no container, or not found).
+    cache: HashMap<u64, String>,
+}
+
+/// Most directories one walk visits: a bound on the cost of an unknown id.
+const CGROUP_WALK_LIMIT: usize = 100_000;
+/// Most ids remembered (ids are never reused; the cache only saves walks).
+const CGROUP_CACHE_LIMIT: usize = 16_384;
+
+impl CgroupNames {
+    pub fn new(sources: &Sources) -> Self {
+        let cgroup2 = |pid: &str| {
+            let mountinfo = std::fs::read_to_string(sources.proc_root.join(pid).join("mountinfo")).ok()?;
+            mountinfo.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let sep = fields.iter().position(|f| *f == "-")?;
+                let mount = fields.get(4)?;
+                (fields.get(sep + 1) == Some(&"cgroup2")).then(|| parse::mountinfo::unescape(mount))
+            })
+        };
+        // The host's tree through its root first (a containerised agent sees only its own
+        // subtree at /sys/fs/cgroup), else this mount namespace's (where /proc/1 is hidden).
+        let through_init =
+            cgroup2("1").map(|m| sources.proc_root.join("1/root").join(m.trim_start_matches('/')));
+        let own = cgroup2("self").map(PathBuf::from);
+        let root = [through_init, own].into_iter().flatten().find(|p| std::fs::read_dir(p).is_ok());
+        Self { root, cache: HashMap::new() }
+    }
+
+    /// The container id of cgroup `id`, or an empty string.
+    pub fn container_id(&mut self, id: u64) -> String {
+        if id == 0 {
+            return String::new();
+        }
+        if let Some(found) = self.cache.get(&id) {
+            return found.clone();
+        }
+        let found = self
+            .root
+            .as_deref()
+            .and_then(|root| find_inode(root, id).map(|dir| (root.to_owned(), dir)))
+            .and_then(|(root, dir)| {
+                let relative = dir.strip_prefix(&root).ok()?.to_string_lossy().into_owned();
+                parse::cgroup::container_id_in_path(&format!("/{relative}"))
+            })
+            .unwrap_or_default();
+        if self.cache.len() >= CGROUP_CACHE_LIMIT {
+            self.cache.clear();
+        }
+        self.cache.insert(id, found.clone());
+        found
+    }
+}
+
+/// The directory under `root` whose inode number is `inode` (breadth first, bounded).
+fn find_inode(root: &Path, inode: u64) -> Option<PathBuf> {
+    let mut queue = std::collections::VecDeque::from([root.to_owned()]);
+    let mut visited = 0;
+    while let Some(dir) = queue.pop_front() {
+        visited += 1;
+        if visited > CGROUP_WALK_LIMIT {
+            return None;
+        }
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == inode) {
+            return Some(dir);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        queue.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_cgroup_resolves_by_its_inode() {
+        let sources = Sources { proc_root: "/proc".into(), cni_cache_dir: "/nonexistent".into() };
+        let names = CgroupNames::new(&sources);
+        let Some(root) = names.root.clone() else {
+            eprintln!("no cgroup v2 here: nothing to resolve");
+            return;
+        };
+        // Our own v2 cgroup: its directory's inode is the id the kernel reports for us.
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let dir = root.join(path.trim_start_matches('/'));
+        let inode = std::fs::metadata(&dir).unwrap().ino();
+        assert_eq!(find_inode(&root, inode).as_deref(), Some(dir.as_path()));
+        assert_eq!(find_inode(&root, u64::MAX), None);
+    }
+}

@@ -46,25 +46,43 @@ pub struct Ownership {
 /// Scans everything: processes, mounts, CNI cache. Blocking (reads /proc): call it from a
 /// blocking thread.
 pub fn scan(sources: &Sources) -> HashMap<u32, Owner> {
-    assemble(procfs::processes(sources), procfs::nsfs_mounts(sources), procfs::cni_entries(sources))
+    let processes = procfs::processes(sources);
+    if !processes.iter().any(|r| r.info.pid == 1) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            log::warn!(
+                "cannot read {}/1: the host namespace's main process (init) is shown as unknown",
+                sources.proc_root.display()
+            )
+        });
+    }
+    assemble(processes, procfs::nsfs_mounts(sources), procfs::cni_entries(sources))
 }
 
 /// The `name` of the host's (init's) namespace. Runtimes bind-mount it under names of their
 /// own (Docker's `/run/docker/netns/default`), which would pass it off as a container's.
 pub const HOST_NAME: &str = "host";
 
-/// Joins processes, mount names and CNI entries into owners by namespace inode. The
-/// namespace of pid 1 is the host's: it is named `host` whatever else mounts it.
+/// `init_net`'s inode number (`PROC_NET_INIT_INO`, fixed since Linux 3.8): the host's
+/// namespace, known even where /proc/1 cannot be read.
+pub const HOST_NETNS: u32 = 0xEFFF_FFF9;
+
+/// Joins processes, mount names and CNI entries into owners by namespace inode. The host's
+/// namespace is named `host` whatever else mounts it, and its main process is init (pid 1),
+/// or unknown when pid 1 cannot be read: never whichever process happens to be oldest.
 pub fn assemble(
     processes: Vec<ProcessRecord>,
     mounts: Vec<(u32, String)>,
     cni: Vec<(u32, crate::parse::cni::CniEntry)>,
 ) -> HashMap<u32, Owner> {
     let mut owners: HashMap<u32, Owner> = HashMap::new();
-    let host = processes.iter().find(|r| r.info.pid == 1).map(|r| r.netns);
+    let host = Some(HOST_NETNS);
     for record in processes {
         let owner = owners.entry(record.netns).or_default();
         owner.processes += 1;
+        if record.netns == HOST_NETNS && record.info.pid != 1 {
+            continue;
+        }
         let older = owner
             .main
             .as_ref()
@@ -125,13 +143,18 @@ mod tests {
     #[test]
     fn the_host_namespace_is_named_host_not_after_a_runtime_mount() {
         let owners = assemble(
-            vec![record(1, 1, 5, ""), record(1, 900, 50, ""), record(2, 1000, 60, "")],
-            vec![(1, "/run/docker/netns/default".into()), (2, "red".into())],
+            vec![record(HOST_NETNS, 900, 1, ""), record(HOST_NETNS, 1, 5, ""), record(2, 1000, 60, "")],
+            vec![(HOST_NETNS, "/run/docker/netns/default".into()), (2, "red".into())],
             vec![],
         );
-        assert_eq!(owners[&1].name_label(), "host");
-        assert_eq!(owners[&1].main.as_ref().unwrap().pid, 1, "init is the host's main process");
+        assert_eq!(owners[&HOST_NETNS].name_label(), "host");
+        assert_eq!(owners[&HOST_NETNS].main.as_ref().unwrap().pid, 1, "init is the host's main process");
+        assert_eq!(owners[&HOST_NETNS].processes, 2);
         assert_eq!(owners[&2].name_label(), "red");
+        // Where pid 1 cannot be read, the host's main process is unknown, not the oldest other.
+        let owners = assemble(vec![record(HOST_NETNS, 900, 1, "")], vec![], vec![]);
+        assert_eq!(owners[&HOST_NETNS].main, None);
+        assert_eq!(owners[&HOST_NETNS].name_label(), "host");
     }
 
     #[test]
@@ -153,6 +176,10 @@ mod tests {
         let me = procfs::process(&sources, std::process::id() as i32).unwrap();
         let owner = &owners[&me.netns];
         assert!(owner.processes >= 1);
-        assert!(owner.main.as_ref().unwrap().start_ticks <= me.info.start_ticks);
+        match &owner.main {
+            // The host's main process is init, or unknown where /proc/1 is hidden.
+            main if me.netns == HOST_NETNS => assert!(main.as_ref().is_none_or(|m| m.pid == 1)),
+            main => assert!(main.as_ref().unwrap().start_ticks <= me.info.start_ticks),
+        }
     }
 }
