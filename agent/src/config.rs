@@ -62,6 +62,7 @@ pub const KEYS: &[Key] = &[
         "auto (each probe takes its best working mode), fentry, kprobe or tracepoint (every probe in that mode or detached).",
     ),
     text("btf", DefaultValue::Text("/sys/kernel/btf/vmlinux"), "Kernel BTF to read structure offsets from."),
+    text("web_telemetry_path", DefaultValue::Text("/metrics"), "Path of the Prometheus exposition."),
     text(
         "web_config_file",
         DefaultValue::Unset,
@@ -170,8 +171,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} line {line} column {column}: {message}")]
     Parse { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("bad listen address {value:?}: expected HOST:PORT, for example {DEFAULT_LISTEN}")]
+    #[error("bad listen address {value:?}: expected HOST:PORT or :PORT, for example {DEFAULT_LISTEN}")]
     Listen { value: String },
+    #[error(
+        "bad web_telemetry_path {value:?}: expected a path starting with / other than /, /api/v1/... and /-/..."
+    )]
+    TelemetryPath { value: String },
     #[error("bad setting {name} = {value}: allowed {expected}")]
     Invalid { name: &'static str, value: String, expected: String },
 }
@@ -215,6 +220,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
+    pub web_telemetry_path: Option<String>,
     pub web_config_file: Option<PathBuf>,
     pub web_disable_api: Option<bool>,
     pub events_file: Option<PathBuf>,
@@ -237,6 +243,7 @@ pub struct Overrides {
     pub attach: Option<AttachArg>,
     pub btf: Option<PathBuf>,
     pub events_file: Option<PathBuf>,
+    pub web_telemetry_path: Option<String>,
     pub web_config_file: Option<PathBuf>,
     /// `--web.disable-api` given.
     pub web_disable_api: bool,
@@ -253,6 +260,7 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub telemetry_path: String,
     pub web_config_file: Option<PathBuf>,
     pub web_disable_api: bool,
     pub attach: Policy,
@@ -291,6 +299,25 @@ impl FileConfig {
     }
 }
 
+/// A listen address as node_exporter takes it: `HOST:PORT`, `:PORT` (every address), or a
+/// name that resolves (`localhost:19110`).
+fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs as _;
+    let bad = || ConfigError::Listen { value: text.to_owned() };
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    // A name: only when there is a port, so that a bare "localhost" is refused.
+    if text.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        return Err(bad());
+    }
+    text.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+}
+
 /// A numeric setting: the file's value or the default, checked against its range.
 fn checked(name: &'static str, value: Option<u64>) -> Result<u64, ConfigError> {
     let key = key(name);
@@ -313,7 +340,19 @@ fn seconds(name: &'static str, value: Option<u64>) -> Result<Duration, ConfigErr
 impl Settings {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
         let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| default_text("listen").to_owned());
-        let listen = listen_text.parse().map_err(|_| ConfigError::Listen { value: listen_text.clone() })?;
+        let listen = parse_listen(&listen_text)?;
+        let telemetry_path = flags
+            .web_telemetry_path
+            .or(file.web_telemetry_path)
+            .unwrap_or_else(|| default_text("web_telemetry_path").to_owned());
+        if !telemetry_path.starts_with('/')
+            || telemetry_path == "/"
+            || telemetry_path.starts_with("/api/")
+            || telemetry_path.starts_with("/-/")
+            || telemetry_path.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::TelemetryPath { value: telemetry_path });
+        }
         let event_buffer_bytes = checked("limits.event_buffer_bytes", file.limits.event_buffer_bytes)?;
         if !event_buffer_bytes.is_power_of_two() {
             return Err(ConfigError::Invalid {
@@ -334,6 +373,7 @@ impl Settings {
         };
         Ok(Self {
             listen,
+            telemetry_path,
             web_config_file: flags.web_config_file.or(file.web_config_file),
             web_disable_api: flags.web_disable_api || file.web_disable_api.unwrap_or(false),
             attach: flags.attach.or(file.attach).unwrap_or(AttachArg::Auto).policy(),
@@ -509,7 +549,24 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(err, "bad listen address \"localhost\": expected HOST:PORT, for example 0.0.0.0:19110");
+        assert_eq!(
+            err,
+            "bad listen address \"localhost\": expected HOST:PORT or :PORT, for example 0.0.0.0:19110"
+        );
+        for (given, want) in
+            [(":19110", "0.0.0.0:19110"), ("localhost:19111", "127.0.0.1:19111"), ("[::1]:5", "[::1]:5")]
+        {
+            let s = Settings::resolve(
+                FileConfig::default(),
+                Overrides { listen: Some(given.into()), ..Default::default() },
+            )
+            .unwrap();
+            assert_eq!(s.listen.to_string(), want, "{given}");
+        }
+        for path in ["metrics", "/", "/api/v1/x", "/-/ready"] {
+            let file = parse(&format!("web_telemetry_path = {path:?}\n")).unwrap();
+            assert!(Settings::resolve(file, Overrides::default()).is_err(), "{path}");
+        }
         let err = resolve("[limits]\nevent_buffer_bytes = 5000\n").unwrap_err().to_string();
         assert!(err.contains("a power of two"), "{err}");
         let err = resolve("[limits]\nroute_keys = 0\n").unwrap_err().to_string();

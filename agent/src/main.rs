@@ -17,7 +17,21 @@ fn main() -> ExitCode {
     } else {
         format!("warn,netns_agent={}", cli.log_level)
     };
-    env_logger::Builder::new().parse_filters(&filters).parse_env("RUST_LOG").format_target(false).init();
+    let format = cli.log_format;
+    env_logger::Builder::new()
+        .parse_filters(&filters)
+        .parse_env("RUST_LOG")
+        .format(move |out, record| {
+            use std::io::Write as _;
+            let line = netns_agent::cli::log_line(
+                format,
+                std::time::SystemTime::now(),
+                record.level(),
+                &record.args().to_string(),
+            );
+            writeln!(out, "{line}")
+        })
+        .init();
     match netns_agent::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -112,7 +112,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     // The kernel matrix runs everything but the live-Prometheus test, which is about
     // Prometheus and Grafana, not kernels, and runs once on the host.
-    let vm_binaries: Vec<PathBuf> = binaries.iter().filter(|b| !is(b, "prometheus-")).cloned().collect();
+    // The secured endpoint (web) is about HTTP, not kernels: like Prometheus, once on the host.
+    let vm_binaries: Vec<PathBuf> =
+        binaries.iter().filter(|b| !is(b, "prometheus-") && !is(b, "web-")).cloned().collect();
     for kernel in &kernels {
         tiers.extend(vm(kernel, &args.vm_modes, &vm_binaries, &agent, args.filter.as_deref()));
     }

@@ -30,10 +30,26 @@ mod tests {
 )]
 pub struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", env = "NETNS_AGENT_LOG")]
+    #[arg(
+        long = "log.level",
+        alias = "log-level",
+        global = true,
+        default_value = "info",
+        env = "NETNS_AGENT_LOG"
+    )]
     pub log_level: String,
+    /// Log line format: logfmt (key=value, as Prometheus logs) or json (one object a line).
+    #[arg(long = "log.format", global = true, value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log.format` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,9 +88,13 @@ pub struct CommonArgs {
 #[derive(Debug, Args)]
 #[command(after_long_help = crate::config::help_text())]
 pub struct RunArgs {
-    /// Address to serve /metrics and /api on (config key `listen`; default below).
-    #[arg(long, value_name = "ADDR")]
+    /// Address to serve /metrics and /api on, as HOST:PORT, :PORT or NAME:PORT (config key
+    /// `listen`; default below).
+    #[arg(long = "web.listen-address", alias = "listen", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Path of the Prometheus exposition (config key `web_telemetry_path`).
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub telemetry_path: Option<String>,
     /// TLS and basic authentication, in the Prometheus exporter toolkit's format (as
     /// node_exporter's); applies to /metrics and /api/v1 alike.
     #[arg(long = "web.config.file", value_name = "FILE")]

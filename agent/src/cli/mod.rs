@@ -37,6 +37,7 @@ pub fn settings(
             btf: common.btf.clone(),
             events_file: run.and_then(|r| r.events_file.clone()),
             web_config_file: run.and_then(|r| r.web_config_file.clone()),
+            web_telemetry_path: run.and_then(|r| r.telemetry_path.clone()),
             web_disable_api: run.is_some_and(|r| r.web_disable_api),
         },
     )
@@ -128,6 +129,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One log line: one timestamp, the level, the message (quoted for logfmt, escaped in JSON),
+/// always on one line whatever the message holds.
+pub fn log_line(
+    format: args::LogFormat,
+    time: std::time::SystemTime,
+    level: log::Level,
+    msg: &str,
+) -> String {
+    let ts = humantime::format_rfc3339_millis(time).to_string();
+    let level = level.as_str().to_ascii_lowercase();
+    match format {
+        args::LogFormat::Logfmt => {
+            let quoted: String = msg
+                .chars()
+                .flat_map(|c| match c {
+                    '"' => vec!['\\', '"'],
+                    '\\' => vec!['\\', '\\'],
+                    '\n' => vec!['\\', 'n'],
+                    c => vec![c],
+                })
+                .collect();
+            format!("ts={ts} level={level} msg=\"{quoted}\"")
+        }
+        args::LogFormat::Json => serde_json::json!({ "ts": ts, "level": level, "msg": msg }).to_string(),
+    }
+}
+
 /// Writes to stdout. A reader that went away (`| head`) ends the command quietly, as `ps`
 /// does: the process exits 0 without a message.
 fn print(text: &str) -> anyhow::Result<()> {
@@ -135,5 +163,22 @@ fn print(text: &str) -> anyhow::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_have_one_timestamp_and_stay_on_one_line() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+        let line = log_line(args::LogFormat::Logfmt, t, log::Level::Warn, "a \"b\"\nc\\");
+        assert_eq!(line, r#"ts=1970-01-01T00:00:01.500Z level=warn msg="a \"b\"\nc\\""#);
+        let json = log_line(args::LogFormat::Json, t, log::Level::Info, "x\ny");
+        assert!(!json.contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["msg"], "x\ny");
+        assert_eq!(value["level"], "info");
     }
 }

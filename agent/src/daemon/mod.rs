@@ -91,7 +91,11 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
         Some(path) => WebConfig::read(path)?,
         None => WebConfig::default(),
     };
-    let http_options = expose::http::Options { web, disable_api: settings.web_disable_api };
+    let http_options = expose::http::Options {
+        web,
+        disable_api: settings.web_disable_api,
+        telemetry_path: settings.telemetry_path.clone(),
+    };
     let listener = expose::http::bind(settings.listen).await?;
     // Loading first (the usual missing privilege), then what attribution needs.
     host::check_privileges().map_err(LoadError::from)?;
@@ -164,9 +168,10 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
         http_task(Arc::clone(&agent), listener, http_options.clone()),
     ];
     log::info!(
-        "serving metrics on {}://{}/metrics{}{}",
+        "serving metrics on {}://{}{}{}{}",
         if http_options.web.tls.is_some() { "https" } else { "http" },
         settings.listen,
+        http_options.telemetry_path,
         if http_options.web.users.is_empty() { "" } else { " (basic authentication)" },
         if http_options.disable_api { " (JSON API disabled)" } else { "" },
     );

@@ -51,16 +51,24 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 type Shared = Arc<dyn Source>;
 
 /// What the server offers and to whom.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// TLS and basic authentication (`--web.config.file`).
     pub web: WebConfig,
     /// Serve `/metrics` only, not the JSON API (`--web.disable-api`).
     pub disable_api: bool,
+    /// Where the exposition is (`--web.telemetry-path`, default `/metrics`).
+    pub telemetry_path: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { web: WebConfig::default(), disable_api: false, telemetry_path: "/metrics".to_owned() }
+    }
 }
 
 pub fn router(source: Shared, options: &Options) -> Router {
-    let mut router = Router::new().route("/metrics", get(metrics)).route("/", get(index));
+    let mut router = Router::new().route(&options.telemetry_path, get(metrics)).route("/", get(index));
     if !options.disable_api {
         router = router.route("/api/v1/namespaces", get(namespaces)).route("/api/v1/events", get(events));
     }

@@ -36,6 +36,12 @@ const fn def(
 
 use MetricType::{COUNTER, GAUGE, HISTOGRAM};
 
+pub const BUILD_INFO: MetricDef = def(
+    "netns_agent_build_info",
+    GAUGE,
+    &["version", "revision", "rustc"],
+    "netns-agent's build: version, git revision and compiler (always 1).",
+);
 pub const AGENT_INFO: MetricDef =
     def("netns_agent_info", GAUGE, &["version", "kernel"], "netns-agent build and the kernel it runs on.");
 pub const PROBE_ATTACHED: MetricDef = def(
@@ -173,6 +179,9 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         f.finish()
     };
     let mut out = Vec::new();
+    let mut build = Family::new(&BUILD_INFO);
+    build.add(&[snap.facts.version, env!("NETNS_AGENT_REVISION"), env!("NETNS_AGENT_RUSTC")], 1.0);
+    out.push(build.finish());
     let mut info = Family::new(&AGENT_INFO);
     info.add(&[snap.facts.version, &snap.facts.kernel], 1.0);
     out.push(info.finish());
@@ -252,7 +261,12 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
     }
     out.push(lookups.finish());
     out.push(single(&ROUTE_KEYS_FULL, snap.counters.route_keys_full as f64));
-    out.into_iter().flatten().collect()
+    let mut families: Vec<MetricFamily> = out.into_iter().flatten().collect();
+    // The agent's own process (CPU, memory, fds, start time), as every exporter has it.
+    families.extend(prometheus::core::Collector::collect(
+        &prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    families
 }
 
 /// Samples of one family, keyed by label values. Samples with equal label values are

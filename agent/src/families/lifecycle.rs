@@ -74,7 +74,7 @@ pub fn apply(cx: &EventContext<'_>, e: &LifecycleEvent) {
         kind::NETNS_DESTROYED => destroyed(cx, e),
         _ => Entry { kind: "netns_setup_failed".into(), error: Some(e.error), ..base(e) },
     };
-    log::info!("{}", entry.line());
+    log::info!("{}", entry.detail());
     cx.model.with(|state| state.journal.push(entry));
 }
 

@@ -63,6 +63,6 @@ pub fn apply(cx: &EventContext<'_>, e: &MoveEvent) {
         error: (!moved).then_some(e.error),
         ..Default::default()
     };
-    log::info!("{}", entry.line());
+    log::info!("{}", entry.detail());
     cx.model.with(|state| state.journal.push(entry));
 }

@@ -77,11 +77,16 @@ impl Entry {
         filter.netns.is_none_or(|n| self.concerns(n)) && filter.cookie.is_none_or(|c| self.concerns_cookie(c))
     }
 
-    /// The entry as one human-readable line (the log and the CLI print the same).
+    /// The entry as one human-readable line, its time first (`events`, `show`).
     pub fn line(&self) -> String {
+        format!("{}  {}", self.time, self.detail())
+    }
+
+    /// What happened, without the time (the log adds its own timestamp).
+    pub fn detail(&self) -> String {
         let e = self;
         let who = format!("pid {} ({})", e.pid, e.comm.escape_debug());
-        let detail = match e.kind.as_str() {
+        match e.kind.as_str() {
             "netns_created" => {
                 let mut d = format!("netns {} created by {who}", e.netns.unwrap_or(0));
                 if let Some(ms) = e.setup_ms {
@@ -117,8 +122,7 @@ impl Entry {
                 e.error.unwrap_or(0)
             ),
             other => format!("{other} {who}"),
-        };
-        format!("{}  {detail}", e.time)
+        }
     }
 }
 
