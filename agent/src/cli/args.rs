@@ -109,14 +109,36 @@ pub struct RunArgs {
     pub common: CommonArgs,
 }
 
+/// `-o` values, as kubectl has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// The API's objects as JSON.
+    Json,
+    /// More columns (`ls`): cookie, creator, devices moved, holders.
+    Wide,
+}
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The agent to ask (HOST:PORT).
     #[arg(long, value_name = "ADDR", env = "NETNS_AGENT_ADDR", default_value = DEFAULT_AGENT)]
     pub agent: String,
-    /// Print JSON (the API's objects) instead of text.
+    /// Output format: json (the API's objects) or wide (more columns).
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    pub output: Option<Output>,
+    /// Print JSON (the same as -o json).
     #[arg(long)]
     pub json: bool,
+}
+
+impl AgentArgs {
+    pub fn json(&self) -> bool {
+        self.json || self.output == Some(Output::Json)
+    }
+
+    pub fn wide(&self) -> bool {
+        self.output == Some(Output::Wide)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -149,9 +171,10 @@ pub struct EventsArgs {
     /// Keep printing new events as they happen.
     #[arg(long, short)]
     pub follow: bool,
-    /// Only events of this namespace (inode number).
-    #[arg(long, value_name = "INODE")]
-    pub netns: Option<u32>,
+    /// Only events of this namespace: inode number, ip netns name, or pid of a process in it
+    /// (every namespace that had that inode number).
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
     /// At most this many of the newest events first.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,

@@ -16,7 +16,8 @@ use crate::{
     },
 };
 
-pub fn run(settings: &Settings) -> anyhow::Result<String> {
+/// The report, and whether `run` would attach anything under the settings' policy.
+pub fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
     let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
     let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
@@ -83,7 +84,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
         }
     }
     drop(ebpf);
-    Ok(out)
+    let usable = outcomes.iter().any(|o| match settings.attach {
+        Policy::Auto => o.attached.is_some(),
+        Policy::Force(mode) => o.attempts.iter().any(|(m, r)| *m == mode && r.is_ok()),
+    });
+    Ok((out, usable))
 }
 
 fn missing_fields(fields: &[ResolvedField]) -> String {

@@ -50,7 +50,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = settings(&args.common, Some(&args))?;
             crate::daemon::run(settings)?;
         }
-        Command::Check(args) => print(&check::run(&settings(&args, None)?)?)?,
+        Command::Check(args) => {
+            let settings = settings(&args, None)?;
+            let (report, usable) = check::run(&settings)?;
+            print(&report)?;
+            if !usable {
+                anyhow::bail!(
+                    "no probe can attach here with --attach {}",
+                    args.attach.map_or("auto".into(), |a| format!("{a:?}").to_lowercase())
+                );
+            }
+        }
         Command::BenchFloor(args) => check::bench_floor(&settings(&args, None)?)?,
         Command::Ls(args) => {
             let c = Client::new(&args.agent.agent);
@@ -66,12 +76,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 (first.clone(), 0.0)
             };
-            if args.agent.json {
+            if args.agent.json() {
                 return print(&format!("{}\n", serde_json::to_string_pretty(&second)?));
             }
-            let mut rows = render::rows(&second, &first, seconds);
+            let mut rows = render::rows(&second, &first, (args.interval > 0.0).then_some(seconds));
             render::sort_rows(&mut rows, args.sort);
-            print(&render::table(&rows))?;
+            print(&render::table(&rows, args.agent.wide()))?;
         }
         Command::Show(args) => {
             let c = Client::new(&args.agent.agent);
@@ -87,7 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter_map(|e| e.cookie)
                 .filter(|cookie| *cookie != ns.cookie)
                 .collect();
-            if args.agent.json {
+            if args.agent.json() {
                 let value = serde_json::json!({ "namespace": ns, "events": journal });
                 return print(&format!("{}\n", serde_json::to_string_pretty(&value)?));
             }
@@ -105,12 +115,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Events(args) => {
             let c = Client::new(&args.agent.agent);
+            let netns = match &args.netns {
+                Some(what) => Some(client::find(&c, what)?.netns),
+                None => None,
+            };
             let mut since = 0;
             loop {
-                let view = c.events(&Filter { netns: args.netns, cookie: None }, since, args.limit)?;
+                let view = c.events(&Filter { netns, cookie: None }, since, args.limit)?;
                 let mut text = String::new();
                 for e in &view.events {
-                    if args.agent.json {
+                    if args.agent.json() {
                         text.push_str(&serde_json::to_string(e)?);
                     } else {
                         text.push_str(&e.line());

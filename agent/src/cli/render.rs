@@ -22,21 +22,23 @@ pub enum SortKey {
     Failures,
 }
 
-/// A row of `ls`: the namespace and its rates over the sampling interval.
+/// A row of `ls`: the namespace and its rates over the sampling interval (`None` when no
+/// rate was measured: a single sample, or a namespace new since the first one).
 pub struct Row<'a> {
     pub ns: &'a NamespaceView,
-    pub lookups_per_s: f64,
-    pub failures_per_s: f64,
+    pub lookups_per_s: Option<f64>,
+    pub failures_per_s: Option<f64>,
 }
 
-/// Rates between two samples of the namespaces, matched by cookie.
-pub fn rows<'a>(now: &'a [NamespaceView], before: &[NamespaceView], seconds: f64) -> Vec<Row<'a>> {
+/// Rates between two samples of the namespaces, matched by cookie; `seconds` is `None` for
+/// a single sample.
+pub fn rows<'a>(now: &'a [NamespaceView], before: &[NamespaceView], seconds: Option<f64>) -> Vec<Row<'a>> {
     now.iter()
         .map(|ns| {
             let prev = before.iter().find(|b| b.cookie == ns.cookie);
-            let rate = |cur: u64, old: Option<u64>| match (old, seconds > 0.0) {
-                (Some(old), true) => cur.saturating_sub(old) as f64 / seconds,
-                _ => 0.0,
+            let rate = |cur: u64, old: Option<u64>| match (old, seconds) {
+                (Some(old), Some(s)) if s > 0.0 => Some(cur.saturating_sub(old) as f64 / s),
+                _ => None,
             };
             Row {
                 ns,
@@ -53,23 +55,34 @@ pub fn sort_rows(rows: &mut [Row<'_>], key: SortKey) {
         SortKey::State => rows.sort_by(|a, b| a.ns.state.cmp(&b.ns.state).then(a.ns.netns.cmp(&b.ns.netns))),
         SortKey::Age => rows.sort_by(|a, b| a.ns.age_seconds.total_cmp(&b.ns.age_seconds)),
         SortKey::Name => rows.sort_by(|a, b| a.ns.names.cmp(&b.ns.names).then(a.ns.netns.cmp(&b.ns.netns))),
-        SortKey::Lookups => rows.sort_by(|a, b| b.lookups_per_s.total_cmp(&a.lookups_per_s)),
-        SortKey::Failures => rows.sort_by(|a, b| b.failures_per_s.total_cmp(&a.failures_per_s)),
+        SortKey::Lookups => {
+            rows.sort_by(|a, b| rate_key(b.lookups_per_s).total_cmp(&rate_key(a.lookups_per_s)))
+        }
+        SortKey::Failures => {
+            rows.sort_by(|a, b| rate_key(b.failures_per_s).total_cmp(&rate_key(a.failures_per_s)))
+        }
     }
 }
 
-/// The `ls` table.
-pub fn table(rows: &[Row<'_>]) -> String {
-    let mut lines = vec![[
-        "NETNS".to_owned(),
-        "STATE".into(),
-        "AGE".into(),
-        "NAME".into(),
-        "PROCESS".into(),
-        "CONTAINER/POD".into(),
-        "LOOKUPS/S".into(),
-        "FAILURES/S".into(),
-    ]];
+/// Unmeasured rates sort last.
+fn rate_key(rate: Option<f64>) -> f64 {
+    rate.unwrap_or(-1.0)
+}
+
+fn rate(rate: Option<f64>) -> String {
+    rate.map_or("-".to_owned(), |r| format!("{r:.1}"))
+}
+
+/// The `ls` table, aligned like `ps` (no borders); `wide` adds the cookie, the creator,
+/// device moves and holders.
+pub fn table(rows: &[Row<'_>], wide: bool) -> String {
+    let mut header =
+        vec!["NETNS", "STATE", "AGE", "NAME", "PROCESS", "CONTAINER/POD", "LOOKUPS/S", "FAILURES/S"];
+    if wide {
+        header.extend(["COOKIE", "CREATOR", "MOVED IN/OUT", "HELD BY"]);
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING).set_header(header);
     for r in rows {
         let ns = r.ns;
         let process = ns
@@ -81,23 +94,38 @@ pub fn table(rows: &[Row<'_>]) -> String {
         } else {
             dash(&ns.container_id).chars().take(12).collect()
         };
-        lines.push([
+        let mut cells = vec![
             ns.netns.to_string(),
             ns.state.clone(),
             short_duration(ns.age_seconds),
             dash(&ns.names.join(",")).escape_debug().to_string(),
             process,
             owner,
-            format!("{:.1}", r.lookups_per_s),
-            format!("{:.1}", r.failures_per_s),
-        ]);
+            rate(r.lookups_per_s),
+            rate(r.failures_per_s),
+        ];
+        if wide {
+            cells.push(ns.cookie.to_string());
+            cells.push(
+                ns.creator.as_ref().map_or("-".into(), |c| format!("{}/{}", c.pid, c.comm.escape_debug())),
+            );
+            cells.push(format!("{}/{}", ns.devices_moved_in, ns.devices_moved_out));
+            cells.push(if ns.holders.is_empty() {
+                "-".into()
+            } else {
+                ns.holders
+                    .iter()
+                    .map(|h| format!("{}/{}", h.pid, h.comm.escape_debug()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+        }
+        table.add_row(cells);
     }
-    let widths: Vec<usize> =
-        (0..8).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    // The preset pads every cell with a space on each side: trim the margins.
     let mut out = String::new();
-    for line in &lines {
-        let cells: Vec<String> = line.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    for line in table.lines() {
+        let _ = writeln!(out, "{}", line.trim());
     }
     out
 }
@@ -175,11 +203,16 @@ mod tests {
         let new = NamespaceView { cookie: 7, route_lookups: 300, route_failures: 30, ..Default::default() };
         let fresh = NamespaceView { cookie: 8, route_lookups: 50, ..Default::default() };
         let now = [new, fresh];
-        let rows = rows(&now, &[old], 2.0);
-        assert_eq!((rows[0].lookups_per_s, rows[0].failures_per_s), (100.0, 10.0));
-        assert_eq!(rows[1].lookups_per_s, 0.0, "no earlier sample: no rate");
-        let text = table(&rows);
+        let rows_now = rows(&now, std::slice::from_ref(&old), Some(2.0));
+        assert_eq!((rows_now[0].lookups_per_s, rows_now[0].failures_per_s), (Some(100.0), Some(10.0)));
+        assert_eq!(rows_now[1].lookups_per_s, None, "no earlier sample: no rate");
+        let text = table(&rows_now, false);
         assert!(text.starts_with("NETNS"), "{text}");
         assert_eq!(text.lines().count(), 3);
+        assert!(text.lines().nth(2).unwrap().trim_end().ends_with("-  -") || text.contains(" - "), "{text}");
+        let single = rows(&now, &now, None);
+        assert!(single.iter().all(|r| r.lookups_per_s.is_none()), "--interval 0 measures no rate");
+        let wide = table(&single, true);
+        assert!(wide.lines().next().unwrap().contains("COOKIE"), "{wide}");
     }
 }

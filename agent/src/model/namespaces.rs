@@ -52,7 +52,13 @@ impl Namespace {
             inum,
             destroyed_at: None,
             destroyed_boot_ns: None,
-            first_seen: SystemTime::now(),
+            // The host's namespace is as old as the boot; others found already alive are dated
+            // from when the agent first saw them (a lower bound).
+            first_seen: if inum == super::owners::HOST_NETNS {
+                crate::kernel::clock::wall(0)
+            } else {
+                SystemTime::now()
+            },
             created: None,
             last_owner: None,
         }

@@ -104,7 +104,13 @@ impl Model {
                         cookie,
                         state: s.as_str().to_owned(),
                         names: owner.names.iter().cloned().collect(),
-                        age_seconds: now.duration_since(ns.first_seen).unwrap_or_default().as_secs_f64(),
+                        // A torn-down namespace stops ageing at its teardown.
+                        age_seconds: ns
+                            .destroyed_boot_ns
+                            .map_or(now, crate::kernel::clock::wall)
+                            .duration_since(ns.first_seen)
+                            .unwrap_or_default()
+                            .as_secs_f64(),
                         created: ns.created.as_ref().map(|_| journal::format_time(ns.first_seen)),
                         creator: ns.created.as_ref().map(|c| CreatorView {
                             pid: c.pid,
