@@ -108,7 +108,10 @@ fn a_namespace_held_only_by_a_socket_is_orphaned_with_its_holder_then_gone() -> 
     let show = agent.cli(&["show", &orphan.inode.to_string()])?;
     ensure!(show.contains(&format!("pid {me}")) && show.contains("socket"), "{show}");
     let m = agent.scrape()?;
-    ensure!(m.value("netns_state", &[("state", "orphaned")])? >= 1.0, "netns_state{{state=\"orphaned\"}}");
+    ensure!(
+        m.value("netns_namespaces", &[("state", "orphaned")])? >= 1.0,
+        "netns_namespaces{{state=\"orphaned\"}}"
+    );
     // Closing the socket releases the namespace.
     let inode = orphan.inode;
     drop(orphan);

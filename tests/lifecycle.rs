@@ -138,8 +138,9 @@ fn every_creation_path_counts_once_and_teardowns_match() -> Result<()> {
     // Host-wide totals include other creators: at least ours.
     let total = |m: &Metrics| m.sum_where("netns_created_total", |_| true);
     ensure!(total(&after) - total(&before) >= 12.0, "total created");
-    before.value("netns_setup_failures_total", &[])?;
-    after.value("netns_setup_failures_total", &[])?;
+    // The failure counter is always exported (its "(other)" series exists from the start).
+    before.value("netns_setup_failures_total", &[("comm", "(other)")])?;
+    after.value("netns_setup_failures_total", &[("comm", "(other)")])?;
 
     // The journal names each of our namespaces; none of our creations was a failure.
     let events = wait_for("our 12 creations in the journal", Duration::from_secs(10), || {
@@ -252,11 +253,14 @@ fn failed_creations_are_counted_not_created() -> Result<()> {
         events_of(&events, "netns_created", &comm).is_empty(),
         "a failed creation in the journal as created"
     );
-    let after = agent.scrape()?;
-    // The counter has no labels and other creators may fail too: at least ours.
-    let failures =
-        after.value("netns_setup_failures_total", &[])? - before.value("netns_setup_failures_total", &[])?;
-    ensure!(failures >= attempts as f64, "failures: {failures}, attempts: {attempts}");
+    // The counter carries the comm: exactly ours, under our comm, which failed nothing before.
+    let after = wait_for("the failures counted", Duration::from_secs(10), || {
+        let m = agent.scrape()?;
+        Ok(m.has("netns_setup_failures_total", &[("comm", &comm)]).then_some(m))
+    })?;
+    ensure!(!before.has("netns_setup_failures_total", &[("comm", &comm)]), "{comm} failed before it ran");
+    let failures = after.value("netns_setup_failures_total", &[("comm", &comm)])?;
+    ensure!(failures == f64::from(attempts), "failures: {failures}, attempts: {attempts}");
     ensure!(!after.has("netns_created_total", &[("comm", &comm)]), "a failed creation counted as created");
     Ok(())
 }

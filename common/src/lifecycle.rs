@@ -23,8 +23,10 @@ pub mod counter {
     pub const LIVE_FULL: u32 = 6;
     /// Namespaces the periodic inventory found gone without a teardown event.
     pub const RECONCILED: u32 = 7;
+    /// Failed creations whose comm did not fit in `FAILED_BY_COMM`.
+    pub const FAILED_COMM_OVERFLOW: u32 = 8;
     /// Number of slots.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Upper bounds of the setup-duration histogram buckets, nanoseconds. Shared by the kernel

@@ -42,6 +42,10 @@ use crate::{
 #[map]
 static CREATED_BY_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(CREATOR_COMMS, 0);
 
+/// Failed creations by the failing task's comm.
+#[map]
+static FAILED_BY_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(CREATOR_COMMS, 0);
+
 /// See `netns_agent_common::lifecycle::counter`.
 #[map]
 static LIFECYCLE_COUNTERS: Array<u64> = Array::with_max_entries(counter::COUNT, 0);
@@ -90,14 +94,14 @@ fn observe_setup(duration_ns: u64) {
 }
 
 #[inline(always)]
-fn count_comm(comm: &[u8; COMM_LEN]) {
-    if let Some(ptr) = CREATED_BY_COMM.get_ptr_mut(comm) {
+fn count_comm(by_comm: &HashMap<[u8; COMM_LEN], u64>, comm: &[u8; COMM_LEN], overflow: u32) {
+    if let Some(ptr) = by_comm.get_ptr_mut(comm) {
         atomic_add(ptr, 1);
-    } else if CREATED_BY_COMM.insert(comm, 1u64, u64::from(BPF_NOEXIST)).is_err() {
+    } else if by_comm.insert(comm, 1u64, u64::from(BPF_NOEXIST)).is_err() {
         // Either another CPU inserted it first (count there) or the map is full.
-        match CREATED_BY_COMM.get_ptr_mut(comm) {
+        match by_comm.get_ptr_mut(comm) {
             Some(ptr) => atomic_add(ptr, 1),
-            None => add(counter::CREATED_COMM_OVERFLOW, 1),
+            None => add(overflow, 1),
         }
     }
 }
@@ -125,7 +129,7 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     let pid = current_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     add(counter::CREATED, 1);
-    count_comm(&comm);
+    count_comm(&CREATED_BY_COMM, &comm, counter::CREATED_COMM_OVERFLOW);
     let duration_ns = if start_ns != 0 && now > start_ns { now - start_ns } else { 0 };
     if duration_ns != 0 {
         observe_setup(duration_ns);
@@ -150,11 +154,13 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
 #[inline(always)]
 fn failed(error: i64) {
     add(counter::SETUP_FAILURES, 1);
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    count_comm(&FAILED_BY_COMM, &comm, counter::FAILED_COMM_OVERFLOW);
     let mut event = LifecycleEvent::new(kind::NETNS_SETUP_FAILED);
     event.error = error as i32;
     event.pid = current_tgid();
     event.ts_ns = now_ns();
-    event.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    event.comm = comm;
     emit(&event);
 }
 

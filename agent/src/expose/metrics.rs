@@ -74,8 +74,12 @@ pub const CREATED: MetricDef = def(
     &["comm"],
     "Network namespaces created, by the comm of the creating process.",
 );
-pub const SETUP_FAILURES: MetricDef =
-    def("netns_setup_failures_total", COUNTER, &[], "Network namespace creations that failed.");
+pub const SETUP_FAILURES: MetricDef = def(
+    "netns_setup_failures_total",
+    COUNTER,
+    &["comm"],
+    "Network namespace creations that failed, by the comm of the process that asked.",
+);
 pub const SETUP_DURATION: MetricDef = def(
     "netns_setup_duration_seconds",
     HISTOGRAM,
@@ -124,17 +128,17 @@ pub const NETNS_INFO: MetricDef = def(
 );
 pub const NETNS_PROCESSES: MetricDef =
     def("netns_processes", GAUGE, &["netns"], "Processes (not threads) whose network namespace this is.");
-pub const NETNS_STATE: MetricDef = def(
-    "netns_state",
+pub const NETNS_NAMESPACES: MetricDef = def(
+    "netns_namespaces",
     GAUGE,
     &["state"],
     "Namespaces held by the kernel by state: new, active, parked, orphaned (held only by an fd, a socket or the kernel), terminating, dying (teardown stuck).",
 );
-pub const NETNS_AGE: MetricDef = def(
-    "netns_age_seconds",
+pub const NETNS_CREATED_TIME: MetricDef = def(
+    "netns_created_timestamp_seconds",
     GAUGE,
     &["netns"],
-    "Age of a live namespace: since its creation, or since the agent first saw it (a lower bound) for older ones.",
+    "When a live namespace was created (Unix time): its creation if the agent saw it, boot for the host's, else when the agent first saw it (an upper bound). Age: time() - this.",
 );
 pub const NAMESPACES_DROPPED: MetricDef = def(
     "netns_agent_namespaces_dropped_total",
@@ -208,7 +212,14 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         created.add(&[OTHER_COMM], lc.created_comm_overflow as f64);
     }
     out.push(created.finish());
-    out.push(single(&SETUP_FAILURES, lc.setup_failures as f64));
+    // Every failure is counted under a comm (or "(other)"): the family always has a sample,
+    // so a rate over it exists from the start.
+    let mut failures = Family::new(&SETUP_FAILURES);
+    failures.add(&[OTHER_COMM], lc.failed_comm_overflow as f64);
+    for (comm, count) in &lc.failed_by_comm {
+        failures.add(&[comm], *count as f64);
+    }
+    out.push(failures.finish());
     let bounds: Vec<f64> = SETUP_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).collect();
     let mut duration = Family::new(&SETUP_DURATION);
     duration.histogram(&bounds, &lc.setup_buckets, lc.setup_sum_ns as f64 / 1e9);
@@ -220,7 +231,7 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
 
     let mut info = Family::new(&NETNS_INFO);
     let mut processes = Family::new(&NETNS_PROCESSES);
-    let mut age = Family::new(&NETNS_AGE);
+    let mut created_at = Family::new(&NETNS_CREATED_TIME);
     for ns in &snap.namespaces {
         let netns = ns.netns.to_string();
         let (pid, comm) =
@@ -231,14 +242,14 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         );
         processes.add(&[&netns], f64::from(ns.processes));
         if ns.state != "gone" && ns.state != "terminating" && ns.state != "dying" {
-            age.add(&[&netns], ns.age_seconds);
+            created_at.add(&[&netns], ns.created_unix_seconds);
         }
     }
-    let mut state = Family::new(&NETNS_STATE);
+    let mut state = Family::new(&NETNS_NAMESPACES);
     for (s, n) in &snap.states {
         state.add(&[s.as_str()], *n as f64);
     }
-    out.extend([info.finish(), processes.finish(), state.finish(), age.finish()]);
+    out.extend([info.finish(), processes.finish(), state.finish(), created_at.finish()]);
     out.push(single(&NAMESPACES_DROPPED, snap.dropped as f64));
 
     let mut moves = Family::new(&DEVICE_MOVES);

@@ -28,6 +28,7 @@ pub struct LifecycleMaps {
     counters: Array<MapData, u64>,
     histogram: Array<MapData, u64>,
     by_comm: HashMap<MapData, [u8; COMM_LEN], u64>,
+    failed_by_comm: HashMap<MapData, [u8; COMM_LEN], u64>,
 }
 
 impl LifecycleMaps {
@@ -36,6 +37,7 @@ impl LifecycleMaps {
             counters: take(ebpf, "LIFECYCLE_COUNTERS")?,
             histogram: take(ebpf, "SETUP_HISTOGRAM")?,
             by_comm: take(ebpf, "CREATED_BY_COMM")?,
+            failed_by_comm: take(ebpf, "FAILED_BY_COMM")?,
         })
     }
 
@@ -53,6 +55,13 @@ impl LifecycleMaps {
                 .collect(),
             created_comm_overflow: self.counter(counter::CREATED_COMM_OVERFLOW),
             setup_failures: self.counter(counter::SETUP_FAILURES),
+            failed_by_comm: self
+                .failed_by_comm
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(comm, n)| (labels::from_kernel(&comm), n))
+                .collect(),
+            failed_comm_overflow: self.counter(counter::FAILED_COMM_OVERFLOW),
             setup_buckets: (0..SETUP_HISTOGRAM_SLOTS)
                 .map(|slot| self.histogram.get(&slot, 0).unwrap_or(0))
                 .collect(),

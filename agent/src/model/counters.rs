@@ -11,6 +11,10 @@ pub struct LifecycleCounters {
     /// Creations whose comm the per-comm table had no room for.
     pub created_comm_overflow: u64,
     pub setup_failures: u64,
+    /// Failed creations by the comm of the process that asked (label-safe).
+    pub failed_by_comm: Vec<(String, u64)>,
+    /// Failed creations whose comm the per-comm table had no room for.
+    pub failed_comm_overflow: u64,
     /// Setup-time histogram: one count per bucket (not cumulative), the last one +Inf.
     pub setup_buckets: Vec<u64>,
     pub setup_sum_ns: u64,
@@ -26,6 +30,8 @@ impl Default for LifecycleCounters {
             created_by_comm: Vec::new(),
             created_comm_overflow: 0,
             setup_failures: 0,
+            failed_by_comm: Vec::new(),
+            failed_comm_overflow: 0,
             setup_buckets: vec![0; SETUP_HISTOGRAM_SLOTS as usize],
             setup_sum_ns: 0,
             destroyed: 0,

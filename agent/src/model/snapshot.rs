@@ -111,6 +111,11 @@ impl Model {
                             .duration_since(ns.first_seen)
                             .unwrap_or_default()
                             .as_secs_f64(),
+                        created_unix_seconds: ns
+                            .first_seen
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs_f64(),
                         created: ns.created.as_ref().map(|_| journal::format_time(ns.first_seen)),
                         creator: ns.created.as_ref().map(|c| CreatorView {
                             pid: c.pid,

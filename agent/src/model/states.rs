@@ -30,7 +30,7 @@ pub enum State {
 }
 
 impl State {
-    /// The states of namespaces the kernel still holds (exported as `netns_state`).
+    /// The states of namespaces the kernel still holds (exported as `netns_namespaces`).
     pub const HELD: [State; 6] =
         [State::New, State::Active, State::Parked, State::Orphaned, State::Terminating, State::Dying];
 

@@ -37,8 +37,11 @@ pub struct NamespaceView {
     pub cookie: u64,
     pub state: String,
     pub names: Vec<String>,
-    /// Since creation (if seen) or first sight.
+    /// Since creation (if seen) or first sight; a torn-down namespace stops at its teardown.
     pub age_seconds: f64,
+    /// Creation (or first sight) as Unix time, seconds.
+    #[serde(default)]
+    pub created_unix_seconds: f64,
     pub created: Option<String>,
     pub creator: Option<CreatorView>,
     pub main_process: Option<ProcessView>,
