@@ -41,6 +41,9 @@ const RESCAN: u64 = 5;
 const IMAGE: &str = "localhost/netns-agent-test-runtimes:1";
 /// The CNI plugins of Debian's containernetworking-plugins.
 const CNI_PATH: &str = "/usr/lib/cni";
+/// The inode number of the host's namespace (init_net): fixed by the kernel
+/// (PROC_NET_INIT_INO).
+const INIT_NET: u64 = 0xEFFF_FFF9;
 
 type Labels = BTreeMap<String, String>;
 
@@ -187,7 +190,7 @@ struct Ctr {
     netns: u64,
     /// The netns file the runtime made (SandboxKey), empty when none.
     sandbox: String,
-    /// The gateway of its first network, for traffic.
+    /// The gateway of its first network, for traffic (none on the host network).
     gateway: String,
     /// When the runtime reported it started and the kernel showed its init running the
     /// container's command.
@@ -266,7 +269,7 @@ fn inspect(engine: &Engine, name: &str, started: Instant) -> Result<Ctr> {
     let gateway = c["NetworkSettings"]["Networks"]
         .as_object()
         .and_then(|nets| nets.values().find_map(|n| n["Gateway"].as_str().filter(|g| !g.is_empty())))
-        .context("inspect: no network with a gateway")?
+        .unwrap_or_default()
         .to_owned();
     Ok(Ctr {
         name: name.to_owned(),
@@ -750,8 +753,33 @@ fn docker_bridge_user_network_connect_and_disconnect() -> Result<()> {
     engine.output(&["network", "connect", &network_name, &ctrs[0].name])?;
     engine.output(&["network", "disconnect", &network_name, &ctrs[0].name])?;
     moves.insert(ctrs[0].netns, (2, 2));
+    // A host-network container beside them: Docker bind-mounts the host's namespace as
+    // /run/docker/netns/default for it.
+    let (_host_guard, host_ctrs) = start_containers(&engine, "rtdockerhost", &[Some("host".into())])?;
     let ping = exec_ping(&engine);
     let cookies = check_running(&mut checks, &agent, &sampler, &ctrs, since, true, &ping)?;
+    checks.check("the host's namespace (init_net) is named host and is no container's", {
+        let m = agent.scrape()?;
+        let (events, _) = agent.events_since(since)?;
+        let labels = info_of(&m, INIT_NET);
+        let created = events.iter().filter(|e| e["kind"] == "netns_created" && e["netns"].as_u64() == Some(INIT_NET)).count();
+        match labels {
+            _ if host_ctrs[0].netns != INIT_NET => {
+                Err(anyhow::anyhow!("the host-network container is not in init_net ({INIT_NET})"))
+            }
+            None => Err(anyhow::anyhow!("no netns_info for init_net ({INIT_NET})")),
+            Some(l) if l["name"] != "host" || !l["container_id"].is_empty() || created != 0 => Err(anyhow::anyhow!(
+                "netns_info of init_net ({INIT_NET}) with a host-network container running: name={:?} \
+                 container_id={:?} pid={:?} comm={:?}; {created} creations of it in the journal (expected name \
+                 \"host\", no container, no creation)",
+                l["name"],
+                l["container_id"],
+                l["pid"],
+                l["comm"]
+            )),
+            Some(_) => Ok(()),
+        }
+    });
     drop(sampler);
     remove_all(&engine, &ctrs)?;
     check_gone(&mut checks, &agent, &ctrs, &cookies, since, &moves)?;
