@@ -885,10 +885,11 @@ fn sandbox_id(i: usize) -> String {
 /// Tears down what the CNI scenario set up, in the kubelet's order, even when a check failed.
 struct Pods {
     pods: Vec<(String, String, String)>,
-    /// (network config, device config) and the host-device pod index.
+    /// The bridge network's config; the host-device config and the pod it went to.
     bridge: String,
     host_device: Option<(String, usize)>,
     cache: PathBuf,
+    ipam: PathBuf,
     dummy: String,
     bridge_dev: String,
 }
@@ -906,6 +907,7 @@ impl Drop for Pods {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = std::fs::remove_dir_all(&self.cache);
+        let _ = std::fs::remove_dir_all(&self.ipam);
         let _ = Command::new("ip").args(["link", "del", &format!("{}p", self.dummy)]).output();
         let _ = Command::new("ip").args(["link", "del", &self.bridge_dev]).output();
     }
@@ -938,6 +940,7 @@ fn cni_plugins_driven_as_a_kubelet_does() -> Result<()> {
         bridge: bridge.clone(),
         host_device: None,
         cache: cache.clone(),
+        ipam: ipam.clone(),
         dummy: dummy.clone(),
         bridge_dev,
     };
