@@ -793,6 +793,41 @@ fn podman_scenario(backend: &str) -> Result<()> {
     let since = agent.last_seq()?;
     let (_guard, ctrs) = start_containers(&engine, &format!("rt{backend}"), &vec![None; CONTAINERS])?;
     let mut checks = Checks::default();
+    if backend == "cni" {
+        // What the agent reads: podman's libcni cache names each container and its netns file,
+        // with K8S_POD_NAME alone (not a pod).
+        checks.check("podman's CNI cache records each container (the ground truth read)", {
+            let mut problems = Vec::new();
+            for c in &ctrs {
+                let path = Path::new("/var/lib/cni/results").join(format!("podman-{}-eth0", c.id));
+                let entry: Value = match std::fs::read_to_string(&path).map(|t| serde_json::from_str(&t)) {
+                    Ok(Ok(entry)) => entry,
+                    other => {
+                        problems.push(format!("{}: {other:?}", path.display()));
+                        continue;
+                    }
+                };
+                let sandboxes: Vec<&str> = entry["result"]["interfaces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["sandbox"].as_str())
+                    .collect();
+                let args = entry["cniArgs"].to_string();
+                if entry["containerId"] != c.id.as_str()
+                    || !sandboxes.contains(&c.sandbox.as_str())
+                    || args.contains("K8S_POD_NAMESPACE")
+                {
+                    problems.push(format!(
+                        "{}: containerId {}, sandboxes {sandboxes:?}, cniArgs {args}",
+                        path.display(),
+                        entry["containerId"]
+                    ));
+                }
+            }
+            if problems.is_empty() { Ok(()) } else { Err(anyhow::anyhow!(problems.join("\n"))) }
+        });
+    }
     // netavark and the CNI bridge plugin create the container's end of the veth pair in
     // its namespace directly (the peer's IFLA_NET_NS_FD in the creation request): no move.
     let moves: Moves = ctrs.iter().map(|c| (c.netns, (0, 0))).collect();
