@@ -304,16 +304,17 @@ fn run_args() -> Vec<String> {
 }
 
 /// Starts dockerd when it is installed and not running; stops it on drop if it started it.
-struct Dockerd {
+pub struct Dockerd {
     child: Option<std::process::Child>,
 }
 
 impl Dockerd {
-    fn ensure() -> Result<Self> {
+    pub fn ensure() -> Result<Self> {
         let answers = || output("docker", &["info", "--format", "{{.ServerVersion}}"]).is_some();
         if answers() {
             return Ok(Self { child: None });
         }
+        std::fs::create_dir_all(workspace_root().join("target/image"))?;
         let log = std::fs::File::create(workspace_root().join("target/image/dockerd.log"))?;
         let child = Command::new("dockerd")
             .stdout(log.try_clone()?)

@@ -60,6 +60,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             setup::build_tools()?;
             setup::test_tools()?;
             deploy::tools()?;
+            setup::runtime_tools()?;
             setup::vm_tools()?;
             Ok(())
         }

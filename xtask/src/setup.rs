@@ -25,6 +25,11 @@ pub const PODMAN_PACKAGES: &[&str] = &["podman", "runc"];
 pub const DEPLOY_PACKAGES: &[&str] =
     &["podman", "runc", "docker.io", "busybox-static", "prometheus", "systemd", "iproute2"];
 
+/// The runtimes tier: Docker, Podman with netavark and with CNI, the CNI plugins (in
+/// /usr/lib/cni), runc for podman (crun fails on hybrid cgroups), busybox for the image.
+pub const RUNTIME_PACKAGES: &[&str] =
+    &["docker.io", "podman", "runc", "netavark", "containernetworking-plugins", "busybox-static", "iproute2"];
+
 /// Kernel series of the VM matrix: Debian's images with kprobes and fentry.
 pub const VM_KERNEL_SERIES: &[(&str, &str)] = &[
     ("6.1", r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"),
@@ -58,6 +63,11 @@ pub fn build_tools() -> Result<()> {
 pub fn test_tools() -> Result<()> {
     step("test prerequisites");
     apt(TEST_PACKAGES)
+}
+
+pub fn runtime_tools() -> Result<()> {
+    step("runtimes prerequisites: docker.io, podman, runc, netavark, CNI plugins");
+    apt(RUNTIME_PACKAGES)
 }
 
 /// The VM kernels (installing the newest image of each series if none is) and virtme-ng.

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: lint, unit tests, end-to-end tests on the host kernel (tracepoint
-//! mode) and the VM matrix (Debian 6.1 and 6.12 kernels booted with virtme-ng; kprobe and
+//! mode), the real container runtimes on the host kernel, the deployment tiers and the VM matrix (Debian 6.1 and 6.12 kernels booted with virtme-ng; kprobe and
 //! fentry modes). Ends with a summary naming each (kernel, mode) and its result.
 
 use std::{
@@ -27,6 +27,10 @@ pub struct TestArgs {
     /// Run only the deployment tiers: manifests, image, daemonset (after building).
     #[arg(long, conflicts_with_all = ["no_vm", "vm_only"])]
     deploy_only: bool,
+    /// Run only the runtimes tier: Docker, Podman (netavark, CNI) and the CNI plugins on the
+    /// host kernel (after building).
+    #[arg(long, conflicts_with_all = ["no_vm", "vm_only", "deploy_only"])]
+    runtimes_only: bool,
     /// Attach modes to test in the VMs.
     #[arg(long, value_delimiter = ',', default_value = "kprobe,fentry")]
     vm_modes: Vec<String>,
@@ -80,13 +84,18 @@ pub fn run(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     setup::build_tools()?;
     setup::test_tools()?;
-    if !args.vm_only {
+    let only = args.vm_only || args.deploy_only || args.runtimes_only;
+    if !args.vm_only && !args.runtimes_only {
         deploy::tools()?;
     }
-    let kernels = if args.no_vm || args.deploy_only { Vec::new() } else { setup::vm_tools()? };
+    if !args.vm_only && !args.deploy_only {
+        setup::runtime_tools()?;
+    }
+    let kernels =
+        if args.no_vm || args.deploy_only || args.runtimes_only { Vec::new() } else { setup::vm_tools()? };
     let mut tiers = Vec::new();
 
-    if !args.vm_only && !args.deploy_only {
+    if !only {
         tiers.push(lint());
         tiers.push(unit());
     }
@@ -101,11 +110,17 @@ pub fn run(args: TestArgs) -> Result<()> {
     };
     let (daemonset_binaries, binaries): (Vec<PathBuf>, Vec<PathBuf>) =
         binaries.into_iter().partition(|b| is(b, "daemonset-"));
-    if !args.vm_only && !args.deploy_only {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // The container runtimes run on the host only (the VMs have none).
+    let (runtimes_binaries, binaries): (Vec<PathBuf>, Vec<PathBuf>) =
+        binaries.into_iter().partition(|b| is(b, "runtimes-"));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !only {
         tiers.push(host(&binaries, &agent, release.trim(), args.filter.as_deref()));
     }
-    if !args.vm_only {
+    if !args.vm_only && !args.deploy_only {
+        tiers.push(runtimes(&runtimes_binaries, &agent, release.trim(), args.filter.as_deref()));
+    }
+    if !args.vm_only && !args.runtimes_only {
         tiers.push(timed("manifests  k8s schemas, CRD, promtool, systemd", || deploy::manifests(&agent)));
         tiers.push(timed("image  build, labels, size, save/load", deploy::image_tier));
         tiers.push(daemonset(&daemonset_binaries, args.filter.as_deref()));
@@ -259,6 +274,28 @@ fn host(binaries: &[PathBuf], agent: &Path, release: &str, filter: Option<&str>)
     timed(format!("host  Linux {release} / tracepoint"), || {
         run_binaries(binaries, filter, |cmd| {
             cmd.env("NETNS_AGENT_BIN", agent).env("NETNS_AGENT_TEST_MODE", "tracepoint");
+        })
+    })
+}
+
+/// tests/runtimes.rs: Docker, Podman (netavark and CNI backends) and the CNI plugins, several
+/// containers at once, on the host kernel in tracepoint mode; dockerd is started when it is
+/// not running (and stopped after).
+fn runtimes(binaries: &[PathBuf], agent: &Path, release: &str, filter: Option<&str>) -> Tier {
+    step(&format!(
+        "runtimes: docker, podman (netavark, CNI), CNI plugins on this kernel ({release}), tracepoint mode"
+    ));
+    timed(format!("runtimes  docker, podman, CNI / Linux {release}"), || {
+        if binaries.is_empty() {
+            return (0, 0, Some("no runtimes test binary".into()));
+        }
+        let _dockerd = match deploy::Dockerd::ensure() {
+            Ok(dockerd) => dockerd,
+            Err(err) => return (0, 0, Some(format!("dockerd: {err:#}"))),
+        };
+        run_binaries(binaries, filter, |cmd| {
+            // Each check is printed, passing or not: the tier's output is its findings.
+            cmd.arg("--nocapture").env("NETNS_AGENT_BIN", agent).env("NETNS_AGENT_TEST_MODE", "tracepoint");
         })
     })
 }
