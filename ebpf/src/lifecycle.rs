@@ -147,7 +147,54 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     // SAFETY: the helper only reads the current task's cgroup (4.18+).
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     emit(&event);
+    let _ = AWAIT_EXEC.insert(cookie, 1, 0);
     Ok(())
+}
+
+/// Namespaces created since the agent started whose first exec has not happened yet. LRU:
+/// a namespace in which nothing ever execs ages out.
+#[map]
+static AWAIT_EXEC: LruHashMap<u64, u8> = LruHashMap::with_max_entries(IN_FLIGHT, 0);
+
+/// An exec completed in the current task (its comm is the new program's). The first one in a
+/// new namespace is its real main process starting (a container's entrypoint after
+/// `runc:[2:INIT]`, the command of `ip netns exec`): tell user space, once per namespace.
+#[inline(always)]
+fn exec_done() {
+    let Ok(net) = current_net() else { return };
+    let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) else { return };
+    if AWAIT_EXEC.get_ptr(cookie).is_none() || AWAIT_EXEC.remove(cookie).is_err() {
+        return;
+    }
+    let mut event = LifecycleEvent::new(kind::NETNS_FIRST_EXEC);
+    event.cookie = cookie;
+    event.inum = read(net, offset!(net_inum)).unwrap_or(0);
+    event.pid = current_tgid();
+    event.ts_ns = now_ns();
+    event.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: the helper only reads the current task's cgroup (4.18+).
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    emit(&event);
+}
+
+/// `sched:sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *)`.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn lifecycle_exec_tracepoint(_ctx: BtfTracePointContext) -> u32 {
+    exec_done();
+    0
+}
+
+/// `begin_new_exec(struct linux_binprm *)` (5.7+) has set the new comm when it returns.
+#[fexit(function = "begin_new_exec")]
+pub fn lifecycle_exec_fexit(_ctx: FExitContext) -> u32 {
+    exec_done();
+    0
+}
+
+#[kretprobe]
+pub fn lifecycle_exec_kretprobe(_ctx: RetProbeContext) -> u32 {
+    exec_done();
+    0
 }
 
 /// Creating a namespace failed with `error` (a negative errno).

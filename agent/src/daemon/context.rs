@@ -60,7 +60,8 @@ impl Agent {
     /// namespace. Blocking.
     pub fn rescan(&self) {
         let started = SystemTime::now();
-        let owners = owners::scan(&self.sources);
+        let started_at = Instant::now();
+        let mut owners = owners::scan(&self.sources);
         // Orphan detection concerns namespaces whose teardown has not begun, for which the
         // teardown-batch state does not matter.
         let ctx = self.model.state_context(Some(started), None);
@@ -74,6 +75,16 @@ impl Agent {
         });
         let holders = procfs::find_holders(&self.sources, &orphaned);
         self.model.with(|state| {
+            // An exec seen while this scan ran is newer than what the scan read of /proc.
+            state.exec_owned.retain(|_, at| *at > started_at);
+            for inum in state.exec_owned.keys() {
+                if let (Some(scanned), Some(current)) =
+                    (owners.get_mut(inum), state.ownership.owners.get(inum))
+                {
+                    scanned.main.clone_from(&current.main);
+                    scanned.container_id.clone_from(&current.container_id);
+                }
+            }
             state.namespaces.remember_owners(&owners);
             state.ownership = Ownership { owners, holders, scanned: Some(started) };
         });

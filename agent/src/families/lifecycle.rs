@@ -78,6 +78,9 @@ impl LifecycleMaps {
 
 /// Applies one lifecycle event to the model.
 pub fn apply(cx: &EventContext<'_>, e: &LifecycleEvent) {
+    if e.kind == kind::NETNS_FIRST_EXEC {
+        return first_exec(cx, e);
+    }
     let entry = match e.kind {
         kind::NETNS_CREATED => created(cx, e),
         kind::NETNS_DESTROYED => destroyed(cx, e),
@@ -138,6 +141,45 @@ fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
         setup_ms: (e.duration_ns != 0).then_some(setup_ms),
         ..base
     }
+}
+
+/// The first exec in a new namespace: its real main process has started (a container's
+/// entrypoint replacing `runc:[2:INIT]`, or the first process of a namespace a runtime made
+/// empty). Its owner is named now rather than at the next full scan, so the first series a
+/// scrape sees for a running container already names it.
+fn first_exec(cx: &EventContext<'_>, e: &LifecycleEvent) {
+    let record = procfs::process(cx.sources, e.pid as i32).filter(|r| r.netns == e.inum);
+    let (info, container_id) = match record {
+        Some(r) => (r.info, r.container_id),
+        // Already gone again: what the kernel said at the exec.
+        None => (
+            procfs::ProcessInfo { pid: e.pid as i32, comm: labels::from_kernel(&e.comm), start_ticks: 0 },
+            String::new(),
+        ),
+    };
+    let container_id = if container_id.is_empty() {
+        cx.cgroups.lock().unwrap_or_else(|p| p.into_inner()).container_id(e.cgroup_id)
+    } else {
+        container_id
+    };
+    log::debug!("netns {}: first exec, main process {} ({})", e.inum, info.pid, info.comm);
+    cx.model.with(|state| {
+        state.exec_owned.insert(e.inum, std::time::Instant::now());
+        let owner = state.ownership.owners.entry(e.inum).or_default();
+        // The exec'ing process is the namespace's main one unless an older process is in it
+        // (e.g. a pause container that execs nothing, joined by others later).
+        let older = owner
+            .main
+            .as_ref()
+            .is_some_and(|m| m.pid != info.pid && m.start_ticks < info.start_ticks && info.start_ticks != 0);
+        if !older {
+            owner.main = Some(info);
+            owner.processes = owner.processes.max(1);
+            if !container_id.is_empty() {
+                owner.container_id = container_id;
+            }
+        }
+    });
 }
 
 fn destroyed(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {

@@ -116,6 +116,10 @@ pub struct ProbeSpec {
 
 const NET_FIELDS: &[&str] = &["net_inum", "net_cookie", "net_prot_inuse", "task_nsproxy", "nsproxy_net_ns"];
 
+/// Where an exec has set the new program's comm: the first exec in a new namespace names its
+/// real main process (`begin_new_exec`, 5.7+).
+const EXEC_FUNCTIONS: &[&str] = &["begin_new_exec"];
+
 static NETNS_CREATE: ProbeSpec = ProbeSpec {
     name: "netns_create",
     summary: "network namespace creations, setup time and failures",
@@ -125,6 +129,7 @@ static NETNS_CREATE: ProbeSpec = ProbeSpec {
             hooks: &[
                 Hook::Fentry { program: "lifecycle_create_fentry", functions: &["copy_net_ns"] },
                 Hook::Fexit { program: "lifecycle_create_fexit", functions: &["copy_net_ns"] },
+                Hook::Fexit { program: "lifecycle_exec_fexit", functions: EXEC_FUNCTIONS },
             ],
             fields: NET_FIELDS,
             symbols: &[],
@@ -136,6 +141,7 @@ static NETNS_CREATE: ProbeSpec = ProbeSpec {
             hooks: &[
                 Hook::Kprobe { program: "lifecycle_create_kprobe", functions: &["copy_net_ns"] },
                 Hook::Kretprobe { program: "lifecycle_create_kretprobe", functions: &["copy_net_ns"] },
+                Hook::Kretprobe { program: "lifecycle_exec_kretprobe", functions: EXEC_FUNCTIONS },
             ],
             fields: NET_FIELDS,
             symbols: &[],
@@ -146,6 +152,10 @@ static NETNS_CREATE: ProbeSpec = ProbeSpec {
             mode: Mode::Tracepoint,
             hooks: &[
                 Hook::BtfTracepoint { program: "lifecycle_create_newtask", tracepoint: "task_newtask" },
+                Hook::BtfTracepoint {
+                    program: "lifecycle_exec_tracepoint",
+                    tracepoint: "sched_process_exec",
+                },
                 Hook::Tracepoint {
                     program: "lifecycle_unshare_enter",
                     category: "syscalls",

@@ -27,7 +27,7 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     match read::<u32>(bytes)? {
-        kind::NETNS_CREATED | kind::NETNS_DESTROYED | kind::NETNS_SETUP_FAILED => {
+        kind::NETNS_CREATED | kind::NETNS_DESTROYED | kind::NETNS_SETUP_FAILED | kind::NETNS_FIRST_EXEC => {
             read(bytes).map(Event::Lifecycle)
         }
         kind::DEVICE_MOVED | kind::DEVICE_MOVE_FAILED => read(bytes).map(Event::Move),

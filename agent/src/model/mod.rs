@@ -25,6 +25,9 @@ pub struct ModelState {
     pub namespaces: NamespaceTable,
     pub ownership: Ownership,
     pub journal: Journal,
+    /// Namespaces whose owner a first-exec event set, and when: a scan that began before
+    /// then must not put back what it read earlier.
+    pub exec_owned: std::collections::HashMap<u32, std::time::Instant>,
 }
 
 /// The agent's model of the host's namespaces.
@@ -37,7 +40,12 @@ pub struct Model {
 impl Model {
     pub fn new(namespaces: NamespaceTable, journal: Journal, dying_after: Duration) -> Self {
         Self {
-            state: Mutex::new(ModelState { namespaces, ownership: Ownership::default(), journal }),
+            state: Mutex::new(ModelState {
+                namespaces,
+                ownership: Ownership::default(),
+                journal,
+                exec_owned: Default::default(),
+            }),
             dying_after,
         }
     }
