@@ -5,6 +5,7 @@
 
 mod bench;
 mod deploy;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
