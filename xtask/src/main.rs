@@ -5,6 +5,7 @@
 
 mod bench;
 mod deploy;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
@@ -21,8 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the build and test prerequisites (toolchain parts, bpf-linker, packages,
-    /// VM kernels, virtme-ng).
+    /// Install the build and test prerequisites (toolchain parts, bpf-linker, cargo-fuzz,
+    /// packages, VM kernels, virtme-ng).
     Setup,
     /// Build the agent (release).
     Build,
@@ -32,8 +33,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: lint, unit tests, end-to-end tests on this kernel (tracepoint mode)
-    /// and in VMs running Debian's 6.1 and 6.12 kernels (kprobe and fentry modes).
+    /// Run every test: lint, unit tests, the parser fuzz targets, end-to-end tests on this kernel
+    /// (tracepoint mode) and in VMs running Debian's 6.1 and 6.12 kernels (kprobe and fentry modes).
     Test(test::TestArgs),
     /// Build the container image `netns-agent:<version>` offline (FROM scratch: the agent and
     /// the libraries it links) with podman or docker, and save it to target/image/ as a
@@ -59,6 +60,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Setup => {
             setup::build_tools()?;
             setup::test_tools()?;
+            setup::fuzz_tools()?;
             deploy::tools()?;
             setup::runtime_tools()?;
             setup::vm_tools()?;

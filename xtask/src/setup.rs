@@ -60,6 +60,15 @@ pub fn build_tools() -> Result<()> {
     Ok(())
 }
 
+/// cargo-fuzz (crates.io), for the fuzz tier; it drives libFuzzer with the nightly toolchain.
+pub fn fuzz_tools() -> Result<()> {
+    step("fuzz prerequisites: cargo-fuzz");
+    if output("cargo", &["fuzz", "--version"]).is_none() {
+        run(Command::new(env!("CARGO")).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}
+
 pub fn test_tools() -> Result<()> {
     step("test prerequisites");
     apt(TEST_PACKAGES)

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: lint, unit tests, end-to-end tests on the host kernel (tracepoint
-//! mode), the real container runtimes on the host kernel, the deployment tiers and the VM matrix (Debian 6.1 and 6.12 kernels booted with virtme-ng; kprobe and
-//! fentry modes). Ends with a summary naming each (kernel, mode) and its result.
+//! mode), the real container runtimes on the host kernel, the deployment tiers, the fuzz tier
+//! (`fuzz/`, each parser target for a bounded time) and the VM matrix (Debian 6.1 and 6.12
+//! kernels booted with virtme-ng; kprobe and fentry modes). Ends with a summary naming each
+//! tier, (kernel, mode) and fuzz target, and its result.
 
 use std::{
     fmt::Write as _,
@@ -12,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    deploy, setup,
+    deploy, fuzz, setup,
     util::{cargo, is_root, step, workspace_root},
 };
 
@@ -31,6 +33,12 @@ pub struct TestArgs {
     /// host kernel (after building).
     #[arg(long, conflicts_with_all = ["no_vm", "vm_only", "deploy_only"])]
     runtimes_only: bool,
+    /// Run only the fuzz tier (no root needed).
+    #[arg(long, conflicts_with_all = ["no_vm", "vm_only", "deploy_only", "runtimes_only"])]
+    fuzz_only: bool,
+    /// Seconds each fuzz target runs.
+    #[arg(long, default_value_t = 20)]
+    fuzz_seconds: u32,
     /// Attach modes to test in the VMs.
     #[arg(long, value_delimiter = ',', default_value = "kprobe,fentry")]
     vm_modes: Vec<String>,
@@ -40,13 +48,15 @@ pub struct TestArgs {
 }
 
 /// One row of the summary.
-struct Tier {
-    name: String,
-    passed: u32,
-    failed: u32,
+pub struct Tier {
+    pub name: String,
+    pub passed: u32,
+    pub failed: u32,
     /// Set when the tier could not run its tests to the end.
-    error: Option<String>,
-    elapsed: Duration,
+    pub error: Option<String>,
+    /// Shown after the row without counting as a failure (what a failed test left behind).
+    pub note: Option<String>,
+    pub elapsed: Duration,
 }
 
 impl Tier {
@@ -76,6 +86,12 @@ fn count_results(output: &str) -> (u32, u32) {
 }
 
 pub fn run(args: TestArgs) -> Result<()> {
+    if args.fuzz_only {
+        let started = Instant::now();
+        setup::build_tools()?;
+        setup::fuzz_tools()?;
+        return summarize(&fuzz::tiers(args.fuzz_seconds), started);
+    }
     if !is_root() {
         bail!(
             "cargo xtask test loads eBPF programs and creates namespaces: run it as root (sudo -E cargo xtask test)"
@@ -85,6 +101,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     setup::build_tools()?;
     setup::test_tools()?;
     let only = args.vm_only || args.deploy_only || args.runtimes_only;
+    if !only {
+        setup::fuzz_tools()?;
+    }
     if !args.vm_only && !args.runtimes_only {
         deploy::tools()?;
     }
@@ -98,6 +117,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !only {
         tiers.push(lint());
         tiers.push(unit());
+        tiers.extend(fuzz::tiers(args.fuzz_seconds));
     }
     step("building the agent (release) and the end-to-end tests");
     cargo(&["build", "--release", "-p", "netns-agent"])?;
@@ -133,9 +153,13 @@ pub fn run(args: TestArgs) -> Result<()> {
     for kernel in &kernels {
         tiers.extend(vm(kernel, &args.vm_modes, &vm_binaries, &agent, args.filter.as_deref()));
     }
+    summarize(&tiers, started)
+}
 
+/// Prints the summary; fails if any tier did.
+fn summarize(tiers: &[Tier], started: Instant) -> Result<()> {
     let mut summary = String::from("\n== summary ==\n");
-    for tier in &tiers {
+    for tier in tiers {
         let status = if tier.ok() { "ok" } else { "FAILED" };
         let _ = write!(
             summary,
@@ -148,6 +172,9 @@ pub fn run(args: TestArgs) -> Result<()> {
         );
         if let Some(err) = &tier.error {
             let _ = write!(summary, "  {err}");
+        }
+        if let Some(note) = &tier.note {
+            let _ = write!(summary, "  {note}");
         }
         summary.push('\n');
     }
@@ -163,7 +190,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 fn timed(name: impl Into<String>, f: impl FnOnce() -> (u32, u32, Option<String>)) -> Tier {
     let start = Instant::now();
     let (passed, failed, error) = f();
-    Tier { name: name.into(), passed, failed, error, elapsed: start.elapsed() }
+    Tier { name: name.into(), passed, failed, error, note: None, elapsed: start.elapsed() }
 }
 
 fn lint() -> Tier {
@@ -419,6 +446,7 @@ fn vm(
                 passed,
                 failed,
                 error,
+                note: None,
                 elapsed: elapsed / modes.len() as u32,
             }
         })

@@ -111,7 +111,7 @@ impl WebConfig {
                 };
                 if bcrypt::verify("", hash).is_err() {
                     return Err(format!(
-                        "basic_auth_users.{user}: not a bcrypt hash (make one with htpasswd -nBC 10)"
+                        "basic_auth_users.{user:?}: not a bcrypt hash (make one with htpasswd -nBC 10)"
                     ));
                 }
                 config.users.insert(user.to_owned(), hash.to_owned());
@@ -135,6 +135,11 @@ impl WebConfig {
     }
 }
 
+/// A file name as errors show it: quoted, so that no name can break the one-line error.
+fn shown(path: &Path) -> String {
+    format!("{:?}", path.to_string_lossy())
+}
+
 fn file_of(tls: &Yaml, key: &str, dir: &Path) -> Result<Option<PathBuf>, String> {
     match &tls[key] {
         Yaml::String(name) => Ok(Some(dir.join(name))),
@@ -144,16 +149,16 @@ fn file_of(tls: &Yaml, key: &str, dir: &Path) -> Result<Option<PathBuf>, String>
 }
 
 fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|err| format!("tls_server_config.{key} {}: {err}", path.display()))
+    std::fs::read(path).map_err(|err| format!("tls_server_config.{key} {}: {err}", shown(path)))
 }
 
 fn certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_pem(path, key)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|err| format!("tls_server_config.{key} {}: {err}", path.display()))?;
+        .map_err(|err| format!("tls_server_config.{key} {}: {err}", shown(path)))?;
     if certs.is_empty() {
-        return Err(format!("tls_server_config.{key} {}: no PEM certificate in it", path.display()));
+        return Err(format!("tls_server_config.{key} {}: no PEM certificate in it", shown(path)));
     }
     Ok(certs)
 }
@@ -165,9 +170,9 @@ fn tls_config(tls: &Yaml, dir: &Path) -> Result<ServerConfig, String> {
     let certs = certificates(&cert_file, "cert_file")?;
     let key_pem = read_pem(&key_file, "key_file")?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|err| format!("tls_server_config.key_file {}: {err}", key_file.display()))?
+        .map_err(|err| format!("tls_server_config.key_file {}: {err}", shown(&key_file)))?
         .ok_or_else(|| {
-            format!("tls_server_config.key_file {}: no PEM private key in it", key_file.display())
+            format!("tls_server_config.key_file {}: no PEM private key in it", shown(&key_file))
         })?;
     let auth_type = tls["client_auth_type"].as_str().unwrap_or("NoClientCert");
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -281,11 +286,12 @@ mod tests {
             ("tls_server_config: 5", "must be a mapping"),
             (
                 "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: k",
-                "cert_file /nonexistent.crt",
+                "cert_file \"/nonexistent.crt\"",
             ),
             ("tls_server_config:\n  key_file: k", "cert_file is required"),
             ("tls_server_config:\n  cert_fil: x", "unknown key \"cert_fil\""),
             ("basic_auth_users:\n  alice: plaintext", "not a bcrypt hash"),
+            ("basic_auth_users:\n  \"a\\nb\": plaintext", "\"a\\nb\""),
             ("basic_auth_user:\n  alice: x", "unknown key \"basic_auth_user\""),
             ("[1, 2]", "expected a mapping"),
             ("a: [", "not YAML"),

@@ -91,12 +91,28 @@ pub fn processes(sources: &Sources) -> Vec<ProcessRecord> {
 pub fn nsfs_mounts(sources: &Sources) -> Vec<(u32, String)> {
     let mut found = std::collections::BTreeSet::new();
     for pid in ["1", "self"] {
-        let Ok(text) = std::fs::read_to_string(sources.proc_root.join(pid).join("mountinfo")) else {
+        let Some(text) = read_mountinfo(&sources.proc_root.join(pid).join("mountinfo")) else {
             continue;
         };
         found.extend(parse::mountinfo::nsfs_mounts(&text));
     }
     found.into_iter().collect()
+}
+
+/// A mountinfo file as text. Mount points may hold any bytes but the four the kernel escapes:
+/// invalid UTF-8 is written as octal escapes (`\377`), as the kernel writes the others, so
+/// one odd mount cannot hide every other mount's name, and the label shows it as `\xff`.
+fn read_mountinfo(path: &Path) -> Option<String> {
+    use std::fmt::Write as _;
+    let bytes = std::fs::read(path).ok()?;
+    let mut text = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(text, "\\{b:03o}");
+        }
+    }
+    Some(text)
 }
 
 /// Entries of the CNI result cache whose namespace exists now, with its inode number.
@@ -219,7 +235,7 @@ const CGROUP_CACHE_LIMIT: usize = 16_384;
 impl CgroupNames {
     pub fn new(sources: &Sources) -> Self {
         let cgroup2 = |pid: &str| {
-            let mountinfo = std::fs::read_to_string(sources.proc_root.join(pid).join("mountinfo")).ok()?;
+            let mountinfo = read_mountinfo(&sources.proc_root.join(pid).join("mountinfo"))?;
             mountinfo.lines().find_map(|line| {
                 let fields: Vec<&str> = line.split(' ').collect();
                 let sep = fields.iter().position(|f| *f == "-")?;
@@ -282,6 +298,20 @@ fn find_inode(root: &Path, inode: u64) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_point_with_invalid_utf8_keeps_every_name() {
+        let path = std::env::temp_dir().join(format!("netns-agent-mountinfo-{}", std::process::id()));
+        let mut text = b"36 25 0:4 net:[4026532177] /run/netns/red rw - nsfs nsfs rw\n".to_vec();
+        text.extend_from_slice(b"37 25 0:4 net:[4026532178] /run/netns/b\xffd rw - nsfs nsfs rw\n");
+        std::fs::write(&path, text).unwrap();
+        let read = read_mountinfo(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            parse::mountinfo::nsfs_mounts(&read),
+            vec![(4026532177, "red".to_owned()), (4026532178, "b\\xffd".to_owned())]
+        );
+    }
 
     #[test]
     fn this_process_cgroup_resolves_by_its_inode() {
