@@ -154,6 +154,32 @@ pub const TASK_RESTARTS: MetricDef = def(
     "Times a supervised task of the agent ended (error or panic) and was restarted.",
 );
 
+/// Every metric the agent defines: the README's table and the exposition are checked against
+/// this list.
+pub const ALL: &[&MetricDef] = &[
+    &BUILD_INFO,
+    &AGENT_INFO,
+    &PROBE_ATTACHED,
+    &TASK_RESTARTS,
+    &EVENTS_LOST,
+    &LIVE_FULL,
+    &RECONCILED,
+    &CREATED,
+    &SETUP_FAILURES,
+    &SETUP_DURATION,
+    &DESTROYED,
+    &ALIVE,
+    &ROUTE_LOOKUPS,
+    &ROUTE_KEYS_FULL,
+    &DEVICE_MOVES,
+    &DEVICE_MOVE_FAILURES,
+    &NETNS_INFO,
+    &NETNS_PROCESSES,
+    &NETNS_NAMESPACES,
+    &NETNS_CREATED_TIME,
+    &NAMESPACES_DROPPED,
+];
+
 /// Comm label for creations the per-comm table had no room for.
 pub const OTHER_COMM: &str = "(other)";
 
@@ -395,6 +421,21 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_is_defined_once_rendered_and_documented() {
+        let names: std::collections::HashSet<&str> = ALL.iter().map(|d| d.name).collect();
+        assert_eq!(names.len(), ALL.len(), "a metric is listed twice");
+        // Every family rendered comes from the list (process_* from the prometheus crate).
+        for family in gather(&Snapshot::default()) {
+            let name = family.name();
+            assert!(names.contains(name) || name.starts_with("process_"), "{name} is not in metrics::ALL");
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for def in ALL {
+            assert!(readme.contains(&format!("| `{}` |", def.name)), "README's metric table lacks {}", def.name);
+        }
+    }
+
+    #[test]
     fn reserved_tables_have_names() {
         assert_eq!(table_label(255), "local");
         assert_eq!(table_label(254), "main");
@@ -406,8 +447,8 @@ mod tests {
     #[test]
     fn an_empty_snapshot_renders_every_always_present_family() {
         let out = render(&Snapshot::default()).unwrap();
+        assert!(out.contains("\nnetns_setup_failures_total{comm=\"(other)\"} 0\n"), "{out}");
         for name in [
-            "netns_setup_failures_total",
             "netns_destroyed_total",
             "netns_alive",
             "netns_agent_events_lost_total",
