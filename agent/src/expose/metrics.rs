@@ -431,7 +431,11 @@ mod tests {
         }
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         for def in ALL {
-            assert!(readme.contains(&format!("| `{}` |", def.name)), "README's metric table lacks {}", def.name);
+            assert!(
+                readme.contains(&format!("| `{}` |", def.name)),
+                "README's metric table lacks {}",
+                def.name
+            );
         }
     }
 
@@ -448,11 +452,7 @@ mod tests {
     fn an_empty_snapshot_renders_every_always_present_family() {
         let out = render(&Snapshot::default()).unwrap();
         assert!(out.contains("\nnetns_setup_failures_total{comm=\"(other)\"} 0\n"), "{out}");
-        for name in [
-            "netns_destroyed_total",
-            "netns_alive",
-            "netns_agent_events_lost_total",
-        ] {
+        for name in ["netns_destroyed_total", "netns_alive", "netns_agent_events_lost_total"] {
             assert!(out.contains(&format!("\n{name} 0\n")), "{name}: {out}");
         }
     }
