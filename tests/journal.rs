@@ -178,3 +178,102 @@ fn on_call_commands_say_when_no_agent_answers() -> Result<()> {
     }
     Ok(())
 }
+
+/// A reused inode number is another namespace: `show` lists the live one's own events (by
+/// its cookie) and says that an earlier namespace had the number.
+#[test]
+fn show_tells_a_reused_inode_number_from_the_namespace_that_had_it() -> Result<()> {
+    let agent = Agent::start_with_config(FAST)?;
+    let first = NamedNetns::add("reuse")?;
+    let inode = first.inode()?;
+    wait_for("the first namespace in the journal", Duration::from_secs(10), || {
+        Ok(events(&agent, inode)?.iter().any(|e| e["kind"] == "netns_created").then_some(()))
+    })?;
+    first.delete()?;
+    wait_for("its teardown in the journal", Duration::from_secs(30), || {
+        Ok(events(&agent, inode)?.iter().any(|e| e["kind"] == "netns_destroyed").then_some(()))
+    })?;
+    // The kernel hands the freed number to a new namespace soon: make namespaces until one
+    // gets it (bounded), keep that one and drop the others.
+    let mut reused = None;
+    for _ in 0..200 {
+        let ns = NamedNetns::add("reuse")?;
+        if ns.inode()? == inode {
+            reused = Some(ns);
+            break;
+        }
+    }
+    let Some(reused) = reused else {
+        // Not a failure of the agent: the kernel did not reuse the number in 200 tries.
+        eprintln!("inode {inode} was not reused in 200 creations; nothing to check");
+        return Ok(());
+    };
+    let shown: Value = wait_for("the new namespace in show", Duration::from_secs(10), || {
+        let v: Value = serde_json::from_str(&agent.cli(&["show", &inode.to_string(), "--json"])?)?;
+        Ok((v["events"].as_array().is_some_and(|e| !e.is_empty())).then_some(v))
+    })?;
+    let cookie = shown["namespace"]["cookie"].as_u64().context("cookie")?;
+    let kinds: Vec<&str> =
+        shown["events"].as_array().into_iter().flatten().filter_map(|e| e["kind"].as_str()).collect();
+    ensure!(kinds == ["netns_created"], "show {inode} lists another namespace's events: {kinds:?}");
+    ensure!(shown["events"][0]["cookie"] == cookie, "{shown}");
+    let text = agent.cli(&["show", &inode.to_string()])?;
+    ensure!(text.contains("1 earlier namespace(s) had inode"), "{text}");
+    // The inode's history still has both, told apart by cookie.
+    let all = events(&agent, inode)?;
+    let cookies: std::collections::BTreeSet<u64> = all.iter().filter_map(|e| e["cookie"].as_u64()).collect();
+    ensure!(cookies.len() == 2, "events --netns {inode}: {all:?}");
+    drop(reused);
+    Ok(())
+}
+
+/// A torn-down namespace keeps its last known labels for the grace period.
+#[test]
+fn a_destroyed_namespace_keeps_its_labels_for_the_grace_period() -> Result<()> {
+    let agent = Agent::start_with_config(FAST)?;
+    let ns = NamedNetns::add("keep")?;
+    let inode = ns.inode()?;
+    let mut sleeper =
+        std::process::Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "60"]).spawn()?;
+    let info = |m: &netns_agent_e2e::Metrics| {
+        m.series("netns_info")
+            .into_iter()
+            .find(|l| l.get("netns").map(String::as_str) == Some(&inode.to_string()))
+    };
+    wait_for("the name and main process", Duration::from_secs(10), || {
+        let m = agent.scrape()?;
+        Ok(info(&m).filter(|l| l["name"] == ns.name && l["comm"] == "sleep").map(|_| ()))
+    })?;
+    sleeper.kill()?;
+    sleeper.wait()?;
+    let name = ns.name.clone();
+    ns.delete()?;
+    let gone = wait_for("its teardown", Duration::from_secs(30), || {
+        Ok(agent.namespaces()?.into_iter().find(|n| n["netns"] == inode && n["state"] == "gone"))
+    })?;
+    ensure!(gone["names"][0] == name.as_str(), "the API forgot the name: {gone}");
+    let labels = info(&agent.scrape()?).context("netns_info left before the grace period")?;
+    ensure!(labels["name"] == name && labels["comm"] == "sleep", "labels emptied at teardown: {labels:?}");
+    ensure!(
+        agent.scrape()?.get("netns_processes", &[("netns", &inode.to_string())]) == Some(0.0),
+        "a torn-down namespace has no processes"
+    );
+    Ok(())
+}
+
+/// Output into a pipe closed early (`| head`) ends quietly, as `ps` does.
+#[test]
+fn on_call_output_into_a_closed_pipe_ends_quietly() -> Result<()> {
+    let agent = Agent::start()?;
+    // `true` exits without reading while the client is still asking the agent: its write
+    // then meets a closed pipe (EPIPE).
+    let script = format!(
+        "{} ls --all -o json --interval 0 --agent 127.0.0.1:{} | true",
+        agent_bin().display(),
+        agent.port
+    );
+    let out = std::process::Command::new("bash").args(["-o", "pipefail", "-c", &script]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success() && stderr.is_empty(), "{}: {stderr}", out.status);
+    Ok(())
+}
