@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    test::Tier,
+    tier::Tier,
     util::{step, workspace_root},
 };
 

@@ -9,6 +9,7 @@ mod fuzz;
 mod image;
 mod setup;
 mod test;
+mod tier;
 mod util;
 
 use clap::{Parser, Subcommand};

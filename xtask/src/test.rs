@@ -8,13 +8,14 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
     deploy, fuzz, setup,
+    tier::Tier,
     util::{cargo, is_root, step, workspace_root},
 };
 
@@ -45,24 +46,6 @@ pub struct TestArgs {
     /// Only run end-to-end tests whose name contains this (passed to the test binaries).
     #[arg(long)]
     filter: Option<String>,
-}
-
-/// One row of the summary.
-pub struct Tier {
-    pub name: String,
-    pub passed: u32,
-    pub failed: u32,
-    /// Set when the tier could not run its tests to the end.
-    pub error: Option<String>,
-    /// Shown after the row without counting as a failure (what a failed test left behind).
-    pub note: Option<String>,
-    pub elapsed: Duration,
-}
-
-impl Tier {
-    fn ok(&self) -> bool {
-        self.failed == 0 && self.error.is_none()
-    }
 }
 
 /// Sums the `test result:` lines of cargo test output.
