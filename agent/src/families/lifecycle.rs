@@ -163,15 +163,20 @@ fn first_exec(cx: &EventContext<'_>, e: &LifecycleEvent) {
         container_id
     };
     log::debug!("netns {}: first exec, main process {} ({})", e.inum, info.pid, info.comm);
+    // The exec'ing process is the namespace's main one unless an older process is still in
+    // it (e.g. a pause container that execs nothing, joined by others later). A main process
+    // recorded earlier may be gone since (the runtime's child that made the namespace, when
+    // the container starts before any scan): only a live one counts. Checked outside the lock.
+    let recorded = cx.model.with(|state| state.ownership.owners.get(&e.inum).and_then(|o| o.main.clone()));
+    let older = recorded.is_some_and(|m| {
+        m.pid != info.pid
+            && m.start_ticks < info.start_ticks
+            && info.start_ticks != 0
+            && procfs::process(cx.sources, m.pid).is_some_and(|r| r.netns == e.inum)
+    });
     cx.model.with(|state| {
         state.exec_owned.insert(e.inum, std::time::Instant::now());
         let owner = state.ownership.owners.entry(e.inum).or_default();
-        // The exec'ing process is the namespace's main one unless an older process is in it
-        // (e.g. a pause container that execs nothing, joined by others later).
-        let older = owner
-            .main
-            .as_ref()
-            .is_some_and(|m| m.pid != info.pid && m.start_ticks < info.start_ticks && info.start_ticks != 0);
         if !older {
             owner.main = Some(info);
             owner.processes = owner.processes.max(1);
