@@ -9,8 +9,8 @@ pub mod kind {
     pub const NETNS_DESTROYED: u32 = 2;
     /// `lifecycle::LifecycleEvent`: creating a namespace failed.
     pub const NETNS_SETUP_FAILED: u32 = 3;
-    /// `lifecycle::LifecycleEvent`: the first exec in a namespace created since the agent
-    /// started (a container's entrypoint): who its main process really is.
+    /// `lifecycle::LifecycleEvent`: one of the first execs in a namespace created since the
+    /// agent started (a container's entrypoint among them): who its main process really is.
     pub const NETNS_FIRST_EXEC: u32 = 4;
     /// `moves::MoveEvent`: a device moved between namespaces.
     pub const DEVICE_MOVED: u32 = 16;

@@ -147,24 +147,36 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     // SAFETY: the helper only reads the current task's cgroup (4.18+).
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     emit(&event);
-    let _ = AWAIT_EXEC.insert(cookie, 1, 0);
+    let _ = AWAIT_EXEC.insert(cookie, EXECS_REPORTED, 0);
     Ok(())
 }
 
-/// Namespaces created since the agent started whose first exec has not happened yet. LRU:
-/// a namespace in which nothing ever execs ages out.
+/// Execs reported per new namespace. Not only the first: a runtime may run helpers in the
+/// namespace before the container's entrypoint (dockerd runs iptables in it for the embedded
+/// DNS of a user-defined network).
+const EXECS_REPORTED: u8 = 16;
+
+/// Namespaces created since the agent started, with how many more of their execs to report.
+/// LRU: a namespace in which nothing execs ages out.
 #[map]
 static AWAIT_EXEC: LruHashMap<u64, u8> = LruHashMap::with_max_entries(IN_FLIGHT, 0);
 
-/// An exec completed in the current task (its comm is the new program's). The first one in a
-/// new namespace is its real main process starting (a container's entrypoint after
-/// `runc:[2:INIT]`, the command of `ip netns exec`): tell user space, once per namespace.
+/// An exec completed in the current task (its comm is the new program's). In a new namespace
+/// it may be its real main process starting (a container's entrypoint after `runc:[2:INIT]`,
+/// the command of `ip netns exec`): tell user space, for the first few execs of a namespace.
 #[inline(always)]
 fn exec_done() {
     let Ok(net) = current_net() else { return };
     let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) else { return };
-    if AWAIT_EXEC.get_ptr(cookie).is_none() || AWAIT_EXEC.remove(cookie).is_err() {
-        return;
+    let Some(left) = AWAIT_EXEC.get_ptr_mut(cookie) else { return };
+    // SAFETY: a value of this map, alive while the program runs; racing execs on other CPUs
+    // at worst report one exec more or fewer.
+    unsafe {
+        if *left <= 1 {
+            let _ = AWAIT_EXEC.remove(cookie);
+        } else {
+            *left -= 1;
+        }
     }
     let mut event = LifecycleEvent::new(kind::NETNS_FIRST_EXEC);
     event.cookie = cookie;

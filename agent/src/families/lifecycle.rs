@@ -143,46 +143,43 @@ fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
     }
 }
 
-/// The first exec in a new namespace: its real main process has started (a container's
+/// An exec in a new namespace: its real main process may have started (a container's
 /// entrypoint replacing `runc:[2:INIT]`, or the first process of a namespace a runtime made
 /// empty). Its owner is named now rather than at the next full scan, so the first series a
 /// scrape sees for a running container already names it.
 fn first_exec(cx: &EventContext<'_>, e: &LifecycleEvent) {
-    let record = procfs::process(cx.sources, e.pid as i32).filter(|r| r.netns == e.inum);
-    let (info, container_id) = match record {
-        Some(r) => (r.info, r.container_id),
-        // Already gone again: what the kernel said at the exec.
-        None => (
-            procfs::ProcessInfo { pid: e.pid as i32, comm: labels::from_kernel(&e.comm), start_ticks: 0 },
-            String::new(),
-        ),
+    // A helper that already exited again (iptables run in the namespace by a runtime) names
+    // nobody: only a live process in the namespace can be its main one.
+    let Some(record) = procfs::process(cx.sources, e.pid as i32).filter(|r| r.netns == e.inum) else {
+        return;
     };
-    let container_id = if container_id.is_empty() {
+    let info = record.info;
+    let container_id = if record.container_id.is_empty() {
         cx.cgroups.lock().unwrap_or_else(|p| p.into_inner()).container_id(e.cgroup_id)
     } else {
-        container_id
+        record.container_id
     };
-    log::debug!("netns {}: first exec, main process {} ({})", e.inum, info.pid, info.comm);
+    log::debug!("netns {}: exec by {} ({})", e.inum, info.pid, info.comm);
     // The exec'ing process is the namespace's main one unless an older process is still in
-    // it (e.g. a pause container that execs nothing, joined by others later). A main process
-    // recorded earlier may be gone since (the runtime's child that made the namespace, when
-    // the container starts before any scan): only a live one counts. Checked outside the lock.
+    // it (a container's init while a helper execs, a pause process joined by others). A main
+    // process recorded earlier may be gone since (the runtime's child that made the
+    // namespace): only a live one counts. Checked outside the lock.
     let recorded = cx.model.with(|state| state.ownership.owners.get(&e.inum).and_then(|o| o.main.clone()));
     let older = recorded.is_some_and(|m| {
         m.pid != info.pid
-            && m.start_ticks < info.start_ticks
-            && info.start_ticks != 0
+            && m.start_ticks <= info.start_ticks
             && procfs::process(cx.sources, m.pid).is_some_and(|r| r.netns == e.inum)
     });
+    if older {
+        return;
+    }
     cx.model.with(|state| {
         state.exec_owned.insert(e.inum, std::time::Instant::now());
         let owner = state.ownership.owners.entry(e.inum).or_default();
-        if !older {
-            owner.main = Some(info);
-            owner.processes = owner.processes.max(1);
-            if !container_id.is_empty() {
-                owner.container_id = container_id;
-            }
+        owner.main = Some(info);
+        owner.processes = owner.processes.max(1);
+        if !container_id.is_empty() {
+            owner.container_id = container_id;
         }
     });
 }
