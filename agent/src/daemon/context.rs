@@ -94,14 +94,17 @@ impl Agent {
     }
 
     /// Drops the series of namespaces destroyed longer than `grace` ago, in user space and
-    /// in the kernel's counters; a namespace whose teardown has not finished stays (dying).
+    /// in the kernel's counters; a namespace whose teardown is stuck stays (dying).
     pub fn expire(&self, grace: Duration) {
         let cleanup_end = self.maps().cleanup_end_ns();
         let ctx = self.model.state_context(None, cleanup_end);
         let removed: HashSet<u64> = self.model.with(|state| {
+            // A stuck teardown (dying) keeps its series so that the alert on it holds; any other
+            // torn-down namespace leaves after the grace period, whether or not its teardown
+            // batch has been seen to end yet (under emulation a batch can take minutes).
             state
                 .namespaces
-                .expire(grace, Instant::now(), |ns| states::classify(ns, None, &ctx) == State::Gone);
+                .expire(grace, Instant::now(), |ns| states::classify(ns, None, &ctx) != State::Dying);
             state.namespaces.take_removed().into_iter().collect()
         });
         if !removed.is_empty() {
