@@ -30,8 +30,18 @@ fuzz_target!(|data: &[u8]| {
     match Settings::resolve(file, Overrides::default()) {
         Err(err) => one_line(&err),
         Ok(settings) => {
+            // The address as written: a literal socket address is taken as is, `:PORT` is
+            // that port on every address (a host name resolves, so only its port is known).
             if let Some(listen) = listen {
-                assert_eq!(Ok(settings.listen), listen.parse(), "the listen address as written");
+                if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+                    assert_eq!(settings.listen, addr, "the listen address as written");
+                } else if let Some(port) = listen.strip_prefix(':') {
+                    assert_eq!(port.parse(), Ok(settings.listen.port()), "the port as written");
+                    assert!(settings.listen.ip().is_unspecified(), ":PORT listens everywhere");
+                } else {
+                    let port = listen.rsplit_once(':').map(|(_, port)| port.parse());
+                    assert_eq!(port, Some(Ok(settings.listen.port())), "the port as written");
+                }
             }
             // Every number is inside its registry range.
             let maps = settings.limits.maps;
