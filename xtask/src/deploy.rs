@@ -251,14 +251,21 @@ pub fn manifests(agent: &Path) -> (u32, u32, Option<String>) {
 /// A podman with its own storage under target/, as a node that never had the image.
 struct ScratchPodman {
     root: PathBuf,
+    /// Its run root: podman refuses one longer than 50 characters, which a path under the
+    /// checkout can be (CI clones deep), so it lives under /tmp.
+    runroot: PathBuf,
 }
 
 impl ScratchPodman {
     fn new(name: &str) -> Result<Self> {
         let root = workspace_root().join("target/image").join(name);
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root)?;
-        Ok(Self { root })
+        let runroot = std::env::temp_dir().join(format!("nsa-{name}-{}", std::process::id()));
+        for dir in [&root, &runroot] {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir)?;
+        }
+        ensure!(runroot.as_os_str().len() <= 50, "podman run root {} too long", runroot.display());
+        Ok(Self { root, runroot })
     }
 
     fn cmd(&self) -> Command {
@@ -266,7 +273,7 @@ impl ScratchPodman {
         cmd.arg("--root")
             .arg(self.root.join("storage"))
             .arg("--runroot")
-            .arg(self.root.join("run"))
+            .arg(&self.runroot)
             // vfs: plain directories, nothing mounted to clean up.
             .args(["--storage-driver", "vfs"]);
         cmd
@@ -285,6 +292,7 @@ impl ScratchPodman {
 impl Drop for ScratchPodman {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
+        let _ = std::fs::remove_dir_all(&self.runroot);
     }
 }
 
