@@ -191,12 +191,27 @@ impl NamespaceTable {
         self.by_cookie.get(&cookie)
     }
 
-    /// Remembers the owners of the namespaces still alive, from a fresh scan.
+    /// Remembers the owners of the namespaces still alive, from a fresh scan. What a scan no
+    /// longer sees is kept: a container's process usually exits before its namespace is torn
+    /// down, and the labels a destroyed namespace keeps should name who it was.
     pub fn remember_owners(&mut self, owners: &HashMap<u32, Owner>) {
         for ns in self.by_cookie.values_mut().filter(|ns| ns.destroyed_at.is_none()) {
-            if let Some(owner) = owners.get(&ns.inum) {
-                ns.last_owner = Some(owner.clone());
-            }
+            let Some(owner) = owners.get(&ns.inum) else { continue };
+            let merged = match ns.last_owner.take() {
+                None => owner.clone(),
+                Some(last) => {
+                    let keep = |new: &String, old: String| if new.is_empty() { old } else { new.clone() };
+                    Owner {
+                        names: if owner.names.is_empty() { last.names } else { owner.names.clone() },
+                        main: owner.main.clone().or(last.main),
+                        processes: owner.processes,
+                        container_id: keep(&owner.container_id, last.container_id),
+                        pod: keep(&owner.pod, last.pod),
+                        pod_namespace: keep(&owner.pod_namespace, last.pod_namespace),
+                    }
+                }
+            };
+            ns.last_owner = Some(merged);
         }
     }
 
@@ -212,6 +227,26 @@ mod tests {
 
     fn record(inum: u32) -> NetnsRecord {
         NetnsRecord { inum, ..Default::default() }
+    }
+
+    #[test]
+    fn a_namespace_whose_process_exited_keeps_naming_it_until_teardown() {
+        let mut t = NamespaceTable::default();
+        t.alive(10, 500);
+        let main = crate::kernel::procfs::ProcessInfo { pid: 7, comm: "sleep".into(), start_ticks: 1 };
+        let with = Owner {
+            names: ["web".to_owned()].into(),
+            main: Some(main.clone()),
+            processes: 1,
+            container_id: "abc".into(),
+            ..Default::default()
+        };
+        t.remember_owners(&HashMap::from([(500, with)]));
+        // The process exited: the next scan sees the name only.
+        let without = Owner { names: ["web".to_owned()].into(), ..Default::default() };
+        t.remember_owners(&HashMap::from([(500, without)]));
+        let last = t.get(10).unwrap().last_owner.clone().unwrap();
+        assert_eq!((last.main, last.container_id.as_str(), last.processes), (Some(main), "abc", 0));
     }
 
     #[test]
