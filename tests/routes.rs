@@ -1,17 +1,17 @@
-//! Route lookups, end to end: counted in the namespace where they really happen, including
-//! lookups for forwarded packets made in softirq while another namespace's task is current.
+//! Route lookups, end to end: whole lookups counted by their outcome, in the namespace where
+//! they really happen, including lookups for forwarded packets made in softirq while another
+//! namespace's task is current.
 //!
-//! What the kernel looks up per datagram in the A - R - B topology (no custom rules, so
-//! IPv4 searches `main` alone, where the local routes are merged, and IPv6 searches `local`
-//! then `main`; permanent neighbours, no reverse-path filter):
-//! - IPv4: A's output lookup hits `main`; R's input lookup for the forwarded datagram hits
-//!   `main`; B's input lookup hits its own address in `main`. One each.
-//! - IPv6: A's output lookup misses `local` and hits `main`; R's input lookup likewise; B's
-//!   input lookup hits its own address in `local`.
+//! What the kernel looks up per datagram in the A - R - B topology (no policy rules, so IPv4
+//! searches `main` alone, where the local routes are merged, and IPv6 searches `local` then
+//! `main`; permanent neighbours, no reverse-path filter), one lookup each:
+//! - A's output lookup finds its default route; R's input lookup for the forwarded datagram
+//!   finds the route to B; B's input lookup finds its own address. All hits: IPv6's miss in
+//!   `local` on the way to `main` is a step of the lookup, never a failure.
 //!
 //! IPv6 multicast the kernel sends by itself (MLD reports after addresses appear) makes input
 //! lookups at times no test knows: the tests wait until the topology makes no lookups of its
-//! own before measuring, and still allow a few `local` hits (multicast routes are there).
+//! own before measuring, and still allow a few hits (multicast routes are there).
 
 use std::collections::BTreeMap;
 
@@ -24,29 +24,30 @@ const K: u32 = 400;
 /// (IPv6 MLD reports: a few per address change, none once settled).
 const BACKGROUND: f64 = 20.0;
 
-type Key = (String, String);
+const LOOKUPS: &str = "netns_route_lookups_total";
+const UNRESOLVED: &str = "netns_route_unresolved_misses_total";
+const TABLES: &str = "netns_route_table_lookups_total";
 
-/// Lookups of one namespace and family, per (table, result).
+/// Every route series of one namespace and family, keyed by (metric, table, result); the
+/// table is empty for whole lookups, the result empty for unresolved misses.
+type Key = (&'static str, String, String);
+
 fn lookups(m: &Metrics, netns: u64, family: &str) -> BTreeMap<Key, f64> {
     let netns = netns.to_string();
-    m.series("netns_route_lookups_total")
-        .into_iter()
-        .filter(|l| l["netns"] == netns && l["family"] == family)
-        .map(|l| {
-            let labels = [
-                ("netns", netns.as_str()),
-                ("family", family),
-                ("table", l["table"].as_str()),
-                ("result", l["result"].as_str()),
-            ];
+    let mut out = BTreeMap::new();
+    for name in [LOOKUPS, UNRESOLVED, TABLES] {
+        for l in m.series(name).into_iter().filter(|l| l["netns"] == netns && l["family"] == family) {
+            let labels: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             // Listed by `series`, so present.
-            let value = m.get_or_zero("netns_route_lookups_total", &labels);
-            ((l["table"].clone(), l["result"].clone()), value)
-        })
-        .collect()
+            let value = m.get_or_zero(name, &labels);
+            let get = |k: &str| l.get(k).cloned().unwrap_or_default();
+            out.insert((name, get("table"), get("result")), value);
+        }
+    }
+    out
 }
 
-/// What changed between two scrapes, per (table, result); unchanged keys left out.
+/// What changed between two scrapes; unchanged keys left out.
 fn delta(before: &Metrics, after: &Metrics, netns: u64, family: &str) -> BTreeMap<Key, f64> {
     let b = lookups(before, netns, family);
     lookups(after, netns, family)
@@ -59,32 +60,46 @@ fn delta(before: &Metrics, after: &Metrics, netns: u64, family: &str) -> BTreeMa
         .collect()
 }
 
-/// An expected delta per (table, result): between `lo` and `hi` (equal when exact). Keys
-/// not listed must not change.
-struct Want(&'static str, &'static str, f64, f64);
+/// An expected delta of one series: between `lo` and `hi` (equal when exact). Series not
+/// listed must not change.
+struct Want(&'static str, &'static str, &'static str, f64, f64);
 
-fn exact(table: &'static str, result: &'static str, n: f64) -> Want {
-    Want(table, result, n, n)
+/// Whole lookups with this outcome: exactly `n`.
+fn outcome(result: &'static str, n: f64) -> Want {
+    Want(LOOKUPS, "", result, n, n)
+}
+
+/// Whole lookups with this outcome: `lo..=hi`.
+fn outcome_in(result: &'static str, lo: f64, hi: f64) -> Want {
+    Want(LOOKUPS, "", result, lo, hi)
 }
 
 fn check(what: &str, got: &BTreeMap<Key, f64>, want: &[Want]) -> Result<()> {
-    for Want(table, result, lo, hi) in want {
-        let v = got.get(&((*table).to_owned(), (*result).to_owned())).copied().unwrap_or(0.0);
+    for Want(name, table, result, lo, hi) in want {
+        let key = (*name, (*table).to_owned(), (*result).to_owned());
+        let v = got.get(&key).copied().unwrap_or(0.0);
         ensure!(
             v >= *lo && v <= *hi,
-            "{what}: {table}/{result} +{v}, want {}: all changes {got:?}",
+            "{what}: {name}{{{table}/{result}}} +{v}, want {}: all changes {got:?}",
             if lo == hi { format!("{lo}") } else { format!("{lo}..={hi}") }
         );
     }
-    let unexpected: Vec<&Key> =
-        got.keys().filter(|(t, r)| !want.iter().any(|Want(wt, wr, _, _)| wt == t && wr == r)).collect();
+    let unexpected: Vec<&Key> = got
+        .keys()
+        .filter(|(n, t, r)| !want.iter().any(|Want(wn, wt, wr, _, _)| wn == n && wt == t && wr == r))
+        .collect();
     ensure!(unexpected.is_empty(), "{what}: unexpected lookups {unexpected:?}: all changes {got:?}");
     Ok(())
 }
 
-/// The sum of a namespace's deltas.
+/// Whole lookups in a namespace's deltas.
 fn total(d: &BTreeMap<Key, f64>) -> f64 {
-    d.values().sum()
+    d.iter().filter(|((n, _, _), _)| *n == LOOKUPS).map(|(_, v)| v).sum()
+}
+
+/// Whole lookups with this outcome in a namespace's deltas.
+fn outcomes(d: &BTreeMap<Key, f64>, result: &str) -> f64 {
+    d.get(&(LOOKUPS, String::new(), result.to_owned())).copied().unwrap_or(0.0)
 }
 
 /// A UDP socket listening on port 9 in B, so that datagrams to B are delivered, not
@@ -138,15 +153,13 @@ fn routable_round(agent: &Agent, topo: &RouterTopology, family: &str) -> Result<
         delta(&before, &after, b, family),
     );
     if family == "ipv4" {
-        check("ipv4 sender", &da, &[exact("main", "hit", k)])?;
-        check("ipv4 router", &dr, &[exact("main", "hit", k)])?;
-        check("ipv4 receiver", &db, &[exact("main", "hit", k)])?;
+        check("ipv4 sender", &da, &[outcome("hit", k)])?;
+        check("ipv4 router", &dr, &[outcome("hit", k)])?;
+        check("ipv4 receiver", &db, &[outcome("hit", k)])?;
     } else {
-        let background = Want("local", "hit", 0.0, BACKGROUND);
-        check("ipv6 sender", &da, &[exact("local", "no_route", k), exact("main", "hit", k), background])?;
-        let background = Want("local", "hit", 0.0, BACKGROUND);
-        check("ipv6 router", &dr, &[exact("local", "no_route", k), exact("main", "hit", k), background])?;
-        check("ipv6 receiver", &db, &[Want("local", "hit", k, k + BACKGROUND)])?;
+        check("ipv6 sender", &da, &[outcome_in("hit", k, k + BACKGROUND)])?;
+        check("ipv6 router", &dr, &[outcome_in("hit", k, k + BACKGROUND)])?;
+        check("ipv6 receiver", &db, &[outcome_in("hit", k, k + BACKGROUND)])?;
     }
     Ok(())
 }
@@ -174,125 +187,168 @@ fn unroutable_packets_fail_in_the_router_never_in_the_sender() -> Result<()> {
         wait_quiet(&agent, &topo)?;
         let before = agent.scrape()?;
         send_udp(&topo.a.name, unroutable, K)?;
-        let failed = |d: &BTreeMap<Key, f64>| {
-            d.iter()
-                .filter(|((t, _), _)| t == "main")
-                .filter(|((_, r), _)| r != "hit")
-                .map(|(_, v)| v)
-                .sum::<f64>()
-        };
         let after =
             wait_for("every datagram refused by the router", std::time::Duration::from_secs(10), || {
                 let m = agent.scrape()?;
-                Ok((failed(&delta(&before, &m, r, family)) >= k).then_some(m))
+                Ok((outcomes(&delta(&before, &m, r, family), "no_route") >= k).then_some(m))
             })?;
         let (da, dr) = (delta(&before, &after, a, family), delta(&before, &after, r, family));
         // R answers refused datagrams with ICMP errors as its rate limits allow: a number
         // no test knows (0 to K). Each error R considers costs it route lookups toward A
-        // (hits in R's `main`): the route back, and a second look by the IPsec policy check
-        // (which also looks the reverse flow up, and for IPv4 asks the local table about
-        // the address). IPv6 does this for every refused datagram and checks its rate limit
-        // after; IPv4 checks a global limit first. So n, R's `main` hits, is at most a few
-        // per datagram and bounds the errors A receives and looks up on input (a hit for
-        // its own address); the lookups around each error are bounded by n.
-        let n = dr.get(&("main".to_owned(), "hit".to_owned())).copied().unwrap_or(0.0);
+        // (hits): the route back, and a second look by the IPsec policy check. IPv6 does this
+        // for every refused datagram and checks its rate limit after; IPv4 checks a global
+        // limit first. So n, R's hits, is at most a few per datagram and bounds the errors A
+        // receives and looks up on input (a hit for its own address).
+        let n = outcomes(&dr, "hit");
         ensure!(n <= 3.0 * k, "{family}: {n} lookups for ICMP errors for {K} datagrams: {dr:?}");
-        if family == "ipv4" {
-            // A's own lookups all hit (its default route); a failure in A would be R's
-            // misattributed.
-            check("ipv4 sender", &da, &[Want("main", "hit", k, k + n)])?;
-            check(
-                "ipv4 router",
-                &dr,
-                &[
-                    Want("main", "no_route", k, k + 2.0 * n),
-                    exact("main", "hit", n),
-                    Want("local", "hit", 0.0, 2.0 * n),
-                    Want("local", "no_route", 0.0, 2.0 * n),
-                ],
-            )?;
-        } else {
-            check(
-                "ipv6 sender",
-                &da,
-                &[
-                    exact("local", "no_route", k),
-                    exact("main", "hit", k),
-                    Want("local", "hit", 0.0, n + BACKGROUND),
-                ],
-            )?;
-            // Per datagram, R's input lookup misses local and main. Nothing here is R's own
-            // address, so every lookup that reaches `main` missed `local` first: exact.
-            let main = dr.get(&("main".to_owned(), "no_route".to_owned())).copied().unwrap_or(0.0) + n;
-            check(
-                "ipv6 router",
-                &dr,
-                &[
-                    Want("main", "no_route", k, k + 2.0 * n),
-                    exact("local", "no_route", main),
-                    exact("main", "hit", n),
-                    Want("local", "hit", 0.0, BACKGROUND),
-                ],
-            )?;
-        }
+        let background = if family == "ipv6" { BACKGROUND } else { 0.0 };
+        // A's lookups all succeed (its default route); a failure in A would be R's
+        // misattributed. R's failures are the datagrams it could not route, each once.
+        check(&format!("{family} sender"), &da, &[outcome_in("hit", k, k + n + background)])?;
+        check(
+            &format!("{family} router"),
+            &dr,
+            &[outcome_in("no_route", k, k + 2.0 * n), outcome_in("hit", n, n)],
+        )?;
     }
     Ok(())
 }
 
-#[test]
-fn route_get_in_a_fresh_namespace_hits_and_misses_there() -> Result<()> {
-    let agent = Agent::start()?;
-    let ns = NamedNetns::add("rg")?;
-    let inode = ns.inode()?;
-    run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
-    // One lookup per table consulted: IPv4 has merged local into main (no custom rules);
-    // IPv6 searches local, then main.
-    type Expected = &'static [(&'static str, &'static str)];
-    let cases: [(&str, &str, &str, bool, Expected); 4] = [
-        ("ipv4", "-4", "127.0.0.1", true, &[("main", "hit")]),
-        ("ipv4", "-4", "10.1.2.3", false, &[("main", "no_route")]),
-        ("ipv6", "-6", "::1", true, &[("local", "hit")]),
-        ("ipv6", "-6", "2001:db8::1", false, &[("local", "no_route"), ("main", "no_route")]),
-    ];
-    let netns = inode.to_string();
-    let counts = |m: &Metrics, family: &str| -> std::collections::BTreeMap<(String, String), f64> {
-        m.series("netns_route_lookups_total")
-            .into_iter()
-            .filter(|l| l["netns"] == netns && l["family"] == family)
-            .map(|l| {
-                let v = m.get_or_zero(
-                    "netns_route_lookups_total",
-                    &[
-                        ("netns", &netns),
-                        ("family", family),
-                        ("table", &l["table"]),
-                        ("result", &l["result"]),
-                    ],
-                );
-                ((l["table"].clone(), l["result"].clone()), v)
-            })
-            .collect()
-    };
-    for (family, flag, addr, routable, expected) in cases {
-        let before = agent.scrape()?;
-        let out =
-            std::process::Command::new("ip").args(["-n", &ns.name, flag, "route", "get", addr]).output()?;
-        ensure!(
-            out.status.success() == routable,
-            "ip route get {addr}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let after = agent.scrape()?;
-        let (b, a) = (counts(&before, family), counts(&after, family));
-        let changed: std::collections::BTreeMap<(String, String), f64> = a
-            .iter()
-            .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
-            .filter(|(_, d)| *d != 0.0)
-            .collect();
-        let want: std::collections::BTreeMap<(String, String), f64> =
-            expected.iter().map(|(t, r)| (((*t).to_owned(), (*r).to_owned()), 1.0)).collect();
-        ensure!(changed == want, "ip route get {addr}: lookups {changed:?}, want {want:?}");
+/// A namespace whose lookups the test makes one by one with `ip route get`.
+struct RouteGet {
+    ns: NamedNetns,
+    inode: u64,
+}
+
+impl RouteGet {
+    fn new(agent: &Agent, prefix: &str) -> Result<Self> {
+        let ns = NamedNetns::add(prefix)?;
+        let inode = ns.inode()?;
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
+        // The agent knows the namespace (its creation was seen) before the first lookup.
+        wait_for("the namespace to be tracked", std::time::Duration::from_secs(10), || {
+            let m = agent.scrape()?;
+            Ok(m.get("netns_created_timestamp_seconds", &[("netns", &inode.to_string())]).map(|_| ()))
+        })?;
+        Ok(Self { ns, inode })
     }
+
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.ns.name.as_str()];
+        all.extend(args);
+        run("ip", &all).map(|_| ())
+    }
+
+    /// One `ip route get` of `addr`; the changes it made to the namespace's series.
+    fn get(&self, agent: &Agent, family: &str, addr: &str) -> Result<BTreeMap<Key, f64>> {
+        let flag = if family == "ipv4" { "-4" } else { "-6" };
+        let before = agent.scrape()?;
+        // Its exit status is the lookup's: failures are expected here.
+        let _ = std::process::Command::new("ip")
+            .args(["-n", &self.ns.name, flag, "route", "get", addr])
+            .output()?;
+        // Counted before `ip` returns (the lookup runs in its syscall).
+        let after = agent.scrape()?;
+        Ok(delta(&before, &after, self.inode, family))
+    }
+}
+
+#[test]
+fn every_outcome_counts_once_with_its_kind_and_successful_lookups_only_as_hits() -> Result<()> {
+    let agent = Agent::start()?;
+    let t = RouteGet::new(&agent, "rk")?;
+    for (family, flag, prefix) in [("ipv4", "-4", "10.50"), ("ipv6", "-6", "2001:db8:50")] {
+        for kind in ["unreachable", "prohibit", "blackhole"] {
+            let n = match kind {
+                "unreachable" => 1,
+                "prohibit" => 2,
+                _ => 3,
+            };
+            let (net, addr) = if family == "ipv4" {
+                (format!("{prefix}.{n}.0/24"), format!("{prefix}.{n}.1"))
+            } else {
+                (format!("{prefix}:{n}::/64"), format!("{prefix}:{n}::1"))
+            };
+            t.ip(&[flag, "route", "add", kind, &net])?;
+            let d = t.get(&agent, family, &addr)?;
+            check(&format!("{family} {kind} route"), &d, &[outcome(kind, 1.0)])?;
+        }
+    }
+    // Own addresses hit; addresses with no route anywhere fail once, whatever the number
+    // of tables consulted (IPv6: local, then main).
+    for (family, addr, result) in [
+        ("ipv4", "127.0.0.1", "hit"),
+        ("ipv4", "10.1.2.3", "no_route"),
+        ("ipv6", "::1", "hit"),
+        ("ipv6", "2001:db8::1", "no_route"),
+    ] {
+        let d = t.get(&agent, family, addr)?;
+        check(&format!("{family} {addr}"), &d, &[outcome(result, 1.0)])?;
+    }
+    // A route on a device, found in main after IPv6 missed in local: one hit, nothing else.
+    t.ip(&["-6", "route", "add", "2001:db8:77::/64", "dev", "lo"])?;
+    let d = t.get(&agent, "ipv6", "2001:db8:77::1")?;
+    check("ipv6 local then main", &d, &[outcome("hit", 1.0)])?;
+    Ok(())
+}
+
+#[test]
+fn policy_rules_never_turn_a_successful_lookup_into_a_failure() -> Result<()> {
+    let agent = Agent::start()?;
+    let t = RouteGet::new(&agent, "pr")?;
+    // Rules: 10.60/16 to table 100 (populated), 10.61/16 to table 101 (never created), 10.62/16
+    // to table 102 (exists, no route for it). Main routes 10.61/16 and 10.62/16 via lo.
+    t.ip(&["rule", "add", "to", "10.60.0.0/16", "table", "100"])?;
+    t.ip(&["route", "add", "10.60.0.0/16", "dev", "lo", "table", "100"])?;
+    t.ip(&["rule", "add", "to", "10.61.0.0/16", "table", "101"])?;
+    t.ip(&["rule", "add", "to", "10.62.0.0/16", "table", "102"])?;
+    t.ip(&["route", "add", "10.200.0.0/16", "dev", "lo", "table", "102"])?;
+    for net in ["10.61.0.0/16", "10.62.0.0/16"] {
+        t.ip(&["route", "add", net, "dev", "lo"])?;
+    }
+    t.ip(&["route", "add", "unreachable", "10.63.0.0/16"])?;
+    // (address, outcome, tables without a route on the way). With rules the walk starts at
+    // `local`; a table without a route is a step the hooks cannot tell from a last step, so
+    // it is counted as unresolved, never as a failure.
+    for (addr, result, unresolved) in [
+        ("10.60.0.1", Some("hit"), 1.0),         // local miss, 100 hit
+        ("10.61.0.1", Some("hit"), 1.0),         // local miss, (101 absent), main hit
+        ("10.62.0.1", Some("hit"), 2.0),         // local miss, 102 miss, main hit
+        ("127.0.0.1", Some("hit"), 0.0),         // local hit
+        ("10.63.0.1", Some("unreachable"), 1.0), // local miss, main unreachable
+        ("10.99.0.1", None, 2.0),                // local miss, main miss: no route, unresolved
+    ] {
+        let d = t.get(&agent, "ipv4", addr)?;
+        let mut want: Vec<Want> = result.into_iter().map(|r| outcome(r, 1.0)).collect();
+        if unresolved > 0.0 {
+            want.push(Want(UNRESOLVED, "", "", unresolved, unresolved));
+        }
+        check(&format!("ipv4 with rules, {addr}"), &d, &want)?;
+    }
+    // IPv6 with a rule: the same.
+    t.ip(&["-6", "rule", "add", "to", "2001:db8:60::/48", "table", "100"])?;
+    t.ip(&["-6", "route", "add", "2001:db8:60::/48", "dev", "lo", "table", "100"])?;
+    let d = t.get(&agent, "ipv6", "2001:db8:60::1")?;
+    check("ipv6 with rules", &d, &[outcome("hit", 1.0), Want(UNRESOLVED, "", "", 1.0, 1.0)])?;
+    Ok(())
+}
+
+#[test]
+fn table_detail_says_which_tables_a_lookup_consulted() -> Result<()> {
+    let agent = Agent::start_with_config("route_table_detail = true\n")?;
+    let t = RouteGet::new(&agent, "td")?;
+    let table = |table: &'static str, result: &'static str| Want(TABLES, table, result, 1.0, 1.0);
+    let d = t.get(&agent, "ipv6", "2001:db8::1")?;
+    check(
+        "ipv6 no route",
+        &d,
+        &[outcome("no_route", 1.0), table("local", "no_route"), table("main", "no_route")],
+    )?;
+    t.ip(&["-6", "route", "add", "2001:db8:77::/64", "dev", "lo"])?;
+    let d = t.get(&agent, "ipv6", "2001:db8:77::1")?;
+    check("ipv6 main hit", &d, &[outcome("hit", 1.0), table("local", "no_route"), table("main", "hit")])?;
+    let d = t.get(&agent, "ipv4", "127.0.0.1")?;
+    check("ipv4 merged local", &d, &[outcome("hit", 1.0), table("main", "hit")])?;
     Ok(())
 }
 
@@ -303,7 +359,7 @@ fn lookups_of_a_destroyed_namespace_leave_with_it() -> Result<()> {
     let inode = ns.inode()?.to_string();
     run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
     run("ip", &["-n", &ns.name, "route", "get", "127.0.0.1"])?;
-    let has_series = |m: &Metrics| m.series("netns_route_lookups_total").iter().any(|l| l["netns"] == inode);
+    let has_series = |m: &Metrics| m.series(LOOKUPS).iter().any(|l| l["netns"] == inode);
     ensure!(has_series(&agent.scrape()?), "no series for the namespace while it lives");
     let number: u64 = inode.parse()?;
     ns.delete()?;

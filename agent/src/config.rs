@@ -15,7 +15,7 @@ use std::{
 use netns_agent_common::limits;
 use serde::Deserialize;
 
-use crate::kernel::{attach::Policy, loader::MapSizes, probes::Mode, procfs::Sources};
+use crate::kernel::{attach::Policy, loader::KernelTables, probes::Mode, procfs::Sources};
 
 /// A setting's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +111,11 @@ pub const KEYS: &[Key] = &[
         "cni_cache_dir",
         DefaultValue::Text("/var/lib/cni/results"),
         "The CNI plugins' result cache (pods).",
+    ),
+    text(
+        "route_table_detail",
+        DefaultValue::Text("false"),
+        "true: also count route lookups per table consulted (netns_route_table_lookups_total; more series, a second counter update per lookup).",
     ),
     number(
         "limits.kernel_namespaces",
@@ -232,6 +237,7 @@ pub struct FileConfig {
     pub dying_after_seconds: Option<u64>,
     pub proc_root: Option<PathBuf>,
     pub cni_cache_dir: Option<PathBuf>,
+    pub route_table_detail: Option<bool>,
     #[serde(default)]
     pub limits: FileLimits,
 }
@@ -252,7 +258,7 @@ pub struct Overrides {
 /// Sizes of kernel-side tables and the user-space tracking cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    pub maps: MapSizes,
+    pub maps: KernelTables,
     pub tracked_namespaces: usize,
 }
 
@@ -363,10 +369,11 @@ impl Settings {
         }
         // The ranges keep every value below u32::MAX, so the casts below are exact.
         let limits = Limits {
-            maps: MapSizes {
+            maps: KernelTables {
                 kernel_namespaces: checked("limits.kernel_namespaces", file.limits.kernel_namespaces)? as u32,
                 event_buffer_bytes: event_buffer_bytes as u32,
                 route_keys: checked("limits.route_keys", file.limits.route_keys)? as u32,
+                route_table_detail: file.route_table_detail.unwrap_or(false),
             },
             tracked_namespaces: checked("limits.tracked_namespaces", file.limits.tracked_namespaces)?
                 as usize,

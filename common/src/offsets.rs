@@ -37,6 +37,10 @@ pub struct KernelOffsets {
     pub net_fib_main: u32,
     /// `net.ipv4.fib_default`
     pub net_fib_default: u32,
+    /// `net.ipv4.fib_has_custom_rules` (bool): IPv4 lookups walk the policy rules.
+    pub net_fib_has_custom_rules: u32,
+    /// `net.ipv6.fib6_has_custom_rules` (bool): IPv6 lookups walk the policy rules.
+    pub net_fib6_has_custom_rules: u32,
     /// `net.ipv6.fib6_null_entry`: what an IPv6 lookup without a route returns.
     pub net_fib6_null_entry: u32,
     /// `net.dev_index_head`: the ifindex hash buckets.
@@ -101,6 +105,8 @@ impl KernelOffsets {
         net_prot_inuse: UNKNOWN,
         net_fib_main: UNKNOWN,
         net_fib_default: UNKNOWN,
+        net_fib_has_custom_rules: UNKNOWN,
+        net_fib6_has_custom_rules: UNKNOWN,
         net_fib6_null_entry: UNKNOWN,
         net_dev_index_head: UNKNOWN,
         net_dev_base_head: UNKNOWN,
@@ -128,6 +134,6 @@ impl KernelOffsets {
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 144);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 152);
 
 crate::user_pod!(KernelOffsets);

@@ -1,20 +1,25 @@
 //! Route lookups (`fib_table_lookup`, `fib6_table_lookup`): the per-packet hot path, counted
 //! in per-CPU maps in the kernel and folded by user space at scrape time.
 //!
-//! Kernel side: `ebpf/src/routes.rs`. User side: `agent/src/routes.rs`.
+//! Kernel side: `ebpf/src/routes.rs`. User side: `agent/src/families/routes.rs`.
 
 /// Address families of a lookup.
 pub mod family {
-    pub const IPV4: u32 = 4;
-    pub const IPV6: u32 = 6;
+    pub const IPV4: u16 = 4;
+    pub const IPV6: u16 = 6;
 }
 
-/// What a lookup in one table returned; the index into [`RouteCounts::by_result`].
+/// What a lookup returned; the index into [`RouteCounts::by_result`].
+///
+/// A route lookup walks tables in order (the policy rules; without rules IPv4 searches
+/// `main` then `default`, IPv6 `local` then `main`) and the last table's answer is the
+/// lookup's. Counted twice over: per lookup by its outcome (a lookup that found a route in
+/// any table is a `hit`), and, as optional detail, per table consulted.
 pub mod result {
     /// A route matched (any type that forwards or delivers).
     pub const HIT: usize = 0;
-    /// No route in this table (-EAGAIN, or IPv6's null entry); the caller may try the next
-    /// table, so a packet with no route anywhere counts once per table consulted.
+    /// No route: per lookup, none in any table (-ENETUNREACH); per table, none in this one
+    /// (-EAGAIN, or IPv6's null entry), so the walk went on.
     pub const NO_ROUTE: usize = 1;
     /// An `unreachable` route matched (-EHOSTUNREACH).
     pub const UNREACHABLE: usize = 2;
@@ -24,25 +29,48 @@ pub mod result {
     pub const BLACKHOLE: usize = 4;
     /// Any other error.
     pub const ERROR: usize = 5;
+    /// Per lookup only: a table without a route in a namespace with policy rules. The walk
+    /// went on to a later rule (whose answer is counted) or ended without a route: the
+    /// kernel hooks used do not show which, so it is counted as unresolved, not guessed.
+    pub const UNRESOLVED: usize = 6;
     /// Number of results.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Label values, by index.
-    pub const NAMES: [&str; COUNT] = ["hit", "no_route", "unreachable", "prohibit", "blackhole", "error"];
+    pub const NAMES: [&str; COUNT] =
+        ["hit", "no_route", "unreachable", "prohibit", "blackhole", "error", "unresolved"];
+}
+
+/// What a [`RouteKey`] counts.
+pub mod kind {
+    /// Whole lookups, by outcome (`table` is 0).
+    pub const LOOKUP: u16 = 0;
+    /// Lookups in one table (detail, when the agent asks for it).
+    pub const TABLE: u16 = 1;
+}
+
+/// Routing table ids the walks name.
+pub mod table {
+    pub const DEFAULT: u32 = 253;
+    pub const MAIN: u32 = 254;
+    pub const LOCAL: u32 = 255;
 }
 
 /// `net_cookie` of lookups that could not be attributed to a namespace.
 pub const UNKNOWN_NETNS: u64 = 0;
 
-/// Key of the `ROUTE_LOOKUPS` per-CPU hash: one namespace, family and table.
+/// Key of the `ROUTE_LOOKUPS` per-CPU hash: one namespace, family, kind and table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
     /// `net_cookie` of the namespace, or [`UNKNOWN_NETNS`].
     pub cookie: u64,
-    /// The routing table id (255 local, 254 main, 253 default, or another number).
+    /// The routing table id (255 local, 254 main, 253 default, or another number); 0 for
+    /// [`kind::LOOKUP`].
     pub table: u32,
     /// One of [`family`].
-    pub family: u32,
+    pub family: u16,
+    /// One of [`kind`].
+    pub kind: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<RouteKey>() == 16);
@@ -52,6 +80,15 @@ const _: () = assert!(core::mem::size_of::<RouteKey>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteCounts {
     pub by_result: [u64; result::COUNT],
+}
+
+/// The namespace that owns an IPv4 `fib_table` (`TABLE_OWNER`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableOwner {
+    pub cookie: u64,
+    /// Its `struct net *`, valid while `cookie` is alive.
+    pub net: u64,
 }
 
 /// What the receive path last handed to this CPU (`RX_SLOT`, per-CPU): lets tracepoint mode
@@ -76,4 +113,4 @@ pub struct LookupFrames {
     pub frames: [[u64; 3]; 4],
 }
 
-crate::user_pod!(RouteKey, RouteCounts, RxSlot, LookupFrames);
+crate::user_pod!(RouteKey, RouteCounts, RxSlot, LookupFrames, TableOwner);

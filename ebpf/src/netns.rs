@@ -7,7 +7,11 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap},
 };
-use netns_agent_common::{lifecycle::NetnsRecord, limits::KERNEL_NAMESPACES, routes::UNKNOWN_NETNS};
+use netns_agent_common::{
+    lifecycle::NetnsRecord,
+    limits::KERNEL_NAMESPACES,
+    routes::{TableOwner, UNKNOWN_NETNS},
+};
 
 use crate::kernel::{offset, read};
 
@@ -20,10 +24,10 @@ static LIVE: HashMap<u64, NetnsRecord> = HashMap::with_max_entries(KERNEL_NAMESP
 #[map]
 static TEARDOWN_MARKERS: HashMap<u64, u64> = HashMap::with_max_entries(KERNEL_NAMESPACES, 0);
 
-/// `struct fib_table *` -> `net_cookie` of its namespace (IPv4 misses). LRU: entries of dead
-/// namespaces age out (and are never trusted: the owner must be alive).
+/// `struct fib_table *` -> its namespace (IPv4 misses). LRU: entries of dead namespaces age
+/// out (and are never trusted: the owner must be alive).
 #[map]
-static TABLE_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(KERNEL_NAMESPACES, 0);
+static TABLE_OWNER: LruHashMap<u64, TableOwner> = LruHashMap::with_max_entries(KERNEL_NAMESPACES, 0);
 
 const EEXIST: i32 = -17;
 
@@ -91,28 +95,25 @@ pub fn net_cookie(net: u64) -> u64 {
     read(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS)
 }
 
-/// The namespace of a `struct net_device *`.
+/// The `struct net *` of a `struct net_device *`, or 0.
 #[inline(always)]
-pub fn dev_cookie(dev: u64) -> u64 {
-    match read::<u64>(dev, offset!(netdev_nd_net)) {
-        Ok(net) if net != 0 => net_cookie(net),
-        _ => UNKNOWN_NETNS,
-    }
+pub fn dev_net(dev: u64) -> u64 {
+    read::<u64>(dev, offset!(netdev_nd_net)).unwrap_or(0)
 }
 
-/// The recorded owner of an IPv4 table, or the unknown marker. A plain value, not an
+/// The recorded owner of an IPv4 table, or a zeroed owner (unknown). A plain value, not an
 /// Option: LLVM leaves the payload of a `None` undefined and the verifier refuses to read
 /// such a register.
 #[inline(always)]
-pub fn table_owner(tb: u64) -> u64 {
+pub fn table_owner(tb: u64) -> TableOwner {
     // SAFETY: plain copy of the owner.
-    unsafe { TABLE_OWNER.get(tb) }.map_or(UNKNOWN_NETNS, |o| *o)
+    unsafe { TABLE_OWNER.get(tb) }.copied().unwrap_or_default()
 }
 
-/// Records `cookie` as the owner of table `tb`.
+/// Records the namespace `net` (with `cookie`) as the owner of table `tb`.
 #[inline(always)]
-pub fn set_table_owner(tb: u64, cookie: u64) {
-    let _ = TABLE_OWNER.insert(tb, cookie, 0);
+pub fn set_table_owner(tb: u64, cookie: u64, net: u64) {
+    let _ = TABLE_OWNER.insert(tb, TableOwner { cookie, net }, 0);
 }
 
 /// Records the main and default IPv4 tables of a namespace as its own.
@@ -122,7 +123,7 @@ fn own_tables(net: u64, cookie: u64) {
         if let Ok(tb) = read::<u64>(net, off)
             && tb != 0
         {
-            set_table_owner(tb, cookie);
+            set_table_owner(tb, cookie, net);
         }
     }
 }

@@ -1,7 +1,20 @@
-//! Route lookups, counted per namespace, family, table and result: the hot path.
+//! Route lookups, counted per namespace and family by outcome: the hot path.
 //!
-//! One per-CPU hash update per lookup, no events, no locks. Attribution (the namespace the
-//! lookup really happens in):
+//! One per-CPU hash update per lookup, no events, no locks. The kernel hooks see each table
+//! a lookup consults (`fib_table_lookup`, `fib6_table_lookup`); a lookup's outcome is the
+//! answer of the last table its walk consults, and which table that is follows from the
+//! namespace's walk (`fib_lookup` in include/net/ip_fib.h, `fib6_rule_lookup`):
+//! - IPv4 without policy rules: `main`, then `default` if `main` did not match and the
+//!   namespace has a `default` table. Lookups in other tables (the local table's address-type
+//!   checks, for one) are not route lookups of a walk: table detail only.
+//! - IPv6 without policy rules: `local`, then `main` if `local` had no route.
+//! - With policy rules (either family): a table that answers (a route, or an unreachable,
+//!   prohibit or blackhole route) ends the walk; a table without a route may or may not be
+//!   the last the rules reach, so it is counted as `unresolved`, not guessed.
+//!
+//! Per-table counts are kept as well when the agent asks (`ROUTE_TABLE_DETAIL`).
+//!
+//! Attribution (the namespace the lookup really happens in):
 //! - a hit: the namespace of the result's nexthop device (`nhc->nhc_dev->nd_net`), exact in
 //!   every mode (routes only point at devices of their own namespace);
 //! - IPv6: the lookup's `struct net` is an argument in every mode: exact;
@@ -9,7 +22,6 @@
 //!   namespace appears, learned from the table's hits, forgotten at teardown); for a table
 //!   that never hit, an output lookup belongs to the caller's namespace and an input lookup
 //!   is unknown;
-
 //! - an IPv4 miss, tracepoint (no table pointer there): an input lookup (`flowi4_iif` not
 //!   loopback) belongs to the device whose packet this CPU is receiving (`RX_SLOT`, set by
 //!   `netif_receive_skb`, cleared when the NET_RX softirq ends) if its ifindex matches, else
@@ -33,15 +45,21 @@ use aya_ebpf::{
 };
 use netns_agent_common::{
     limits::{IN_FLIGHT, ROUTE_KEYS},
-    routes::{LookupFrames, RouteCounts, RouteKey, RxSlot, UNKNOWN_NETNS, family, result},
+    offsets::UNKNOWN,
+    routes::{LookupFrames, RouteCounts, RouteKey, RxSlot, UNKNOWN_NETNS, family, kind, result, table},
 };
 
 use crate::{
     kernel::{current_net, offset, read},
-    netns::{self, dev_cookie, net_cookie},
+    netns::{self, dev_net, net_cookie},
 };
 
-/// Lookups by (namespace, table, family), one counter per result. Sized by the agent; not
+/// Non-zero: also count per table (`routes.table_detail`). Written by the loader; read-only,
+/// so the verifier prunes the branch it does not take.
+#[unsafe(no_mangle)]
+static ROUTE_TABLE_DETAIL: u8 = 0;
+
+/// Lookups by (namespace, family, kind, table), one counter per result. Sized by the agent; not
 /// preallocated, so memory follows the keys in use rather than max_entries x CPUs.
 #[map]
 static ROUTE_LOOKUPS: PerCpuHashMap<RouteKey, RouteCounts> =
@@ -68,8 +86,7 @@ const RTN_PROHIBIT: u8 = 8;
 const RTN_THROW: u8 = 9;
 
 #[inline(always)]
-fn count(cookie: u64, table: u32, family: u32, result: usize) {
-    let key = RouteKey { cookie, table, family };
+fn count(key: RouteKey, result: usize) {
     if result >= result::COUNT {
         return;
     }
@@ -97,12 +114,85 @@ fn count(cookie: u64, table: u32, family: u32, result: usize) {
     }
 }
 
-/// Namespace of a hit, from its nexthop device.
+/// Where one table lookup stands in its walk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// The walk's last table: its answer is the lookup's outcome.
+    Ends,
+    /// The walk goes on to another table, whose answer is counted.
+    GoesOn,
+    /// A miss under policy rules: the walk's end is not visible.
+    Unresolved,
+    /// Not part of a route lookup's walk (address-type checks, direct table lookups).
+    Outside,
+}
+
+/// A `bool` of `struct net`, or `None` when this kernel has no such field or it cannot be read.
 #[inline(always)]
-fn nhc_cookie(nhc: u64) -> u64 {
+fn net_flag(net: u64, off: u64) -> Option<bool> {
+    if net == 0 || off == u64::from(UNKNOWN) {
+        return None;
+    }
+    read::<u8>(net, off).ok().map(|v| v != 0)
+}
+
+/// The walk of an IPv4 lookup in `table` of `net` that returned `result`.
+#[inline(always)]
+fn v4_walk(net: u64, tb_id: u32, result: usize) -> Walk {
+    match net_flag(net, offset!(net_fib_has_custom_rules)) {
+        Some(false) => match tb_id {
+            // fib_lookup: `main`, then `default` unless `main` matched or there is none.
+            table::MAIN if result == result::HIT => Walk::Ends,
+            table::MAIN => match read::<u64>(net, offset!(net_fib_default)) {
+                Ok(0) => Walk::Ends,
+                _ => Walk::GoesOn,
+            },
+            table::DEFAULT => Walk::Ends,
+            _ => Walk::Outside,
+        },
+        // Policy rules, or a namespace not known: a table that answers ends the walk.
+        _ if result == result::NO_ROUTE => Walk::Unresolved,
+        _ => Walk::Ends,
+    }
+}
+
+/// The walk of an IPv6 lookup in table `tb_id` of `net` that returned `result`.
+#[inline(always)]
+fn v6_walk(net: u64, tb_id: u32, result: usize) -> Walk {
+    match net_flag(net, offset!(net_fib6_has_custom_rules)) {
+        Some(false) => match tb_id {
+            // fib6_rule_lookup: `local`, then `main` unless `local` had a route.
+            table::LOCAL if result == result::NO_ROUTE => Walk::GoesOn,
+            table::LOCAL | table::MAIN => Walk::Ends,
+            _ => Walk::Outside,
+        },
+        _ if result == result::NO_ROUTE => Walk::Unresolved,
+        _ => Walk::Ends,
+    }
+}
+
+/// Counts one table lookup of the namespace `net` (0: unknown).
+#[inline(always)]
+fn record(net: u64, tb_id: u32, family: u16, result: usize, walk: Walk) {
+    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie(net) };
+    // SAFETY: a read-only global the loader wrote.
+    if unsafe { core::ptr::read_volatile(&raw const ROUTE_TABLE_DETAIL) } != 0 {
+        count(RouteKey { cookie, table: tb_id, family, kind: kind::TABLE }, result);
+    }
+    let key = RouteKey { cookie, table: 0, family, kind: kind::LOOKUP };
+    match walk {
+        Walk::Ends => count(key, result),
+        Walk::Unresolved => count(key, result::UNRESOLVED),
+        Walk::GoesOn | Walk::Outside => {}
+    }
+}
+
+/// Namespace (`struct net *`) of a hit, from its nexthop device; 0 if unknown.
+#[inline(always)]
+fn nhc_net(nhc: u64) -> u64 {
     match read::<u64>(nhc, offset!(nhc_dev)) {
-        Ok(dev) if dev != 0 => dev_cookie(dev),
-        _ => UNKNOWN_NETNS,
+        Ok(dev) if dev != 0 => dev_net(dev),
+        _ => 0,
     }
 }
 
@@ -139,7 +229,7 @@ fn v6_result(net: u64, res: u64) -> usize {
 // ---- IPv4, tracepoint --------------------------------------------------------------------
 
 #[inline(always)]
-fn tracepoint_miss_cookie(flp: u64) -> u64 {
+fn tracepoint_miss_net(flp: u64) -> u64 {
     // SAFETY: bpf_get_current_task only returns a pointer value.
     let task = unsafe { bpf_get_current_task() };
     let rx_dev = match RX_SLOT.get(0) {
@@ -150,14 +240,21 @@ fn tracepoint_miss_cookie(flp: u64) -> u64 {
     if iif != 0 && iif != LOOPBACK_IFINDEX {
         // An input lookup: only trusted for the packet this CPU is receiving.
         if rx_dev != 0 && read::<i32>(rx_dev, offset!(netdev_ifindex)) == Ok(iif) {
-            return dev_cookie(rx_dev);
+            return dev_net(rx_dev);
         }
-        return UNKNOWN_NETNS;
+        return 0;
     }
     if rx_dev != 0 {
-        return dev_cookie(rx_dev);
+        return dev_net(rx_dev);
     }
-    current_net().map(net_cookie).unwrap_or(UNKNOWN_NETNS)
+    current_net().unwrap_or(0)
+}
+
+/// Counts an IPv4 table lookup of `net`.
+#[inline(always)]
+fn v4_lookup(net: u64, tb_id: u32, err: i32) {
+    let result = v4_result(err);
+    record(net, tb_id, family::IPV4, result, v4_walk(net, tb_id, result));
 }
 
 #[btf_tracepoint(function = "fib_table_lookup")]
@@ -166,8 +263,8 @@ pub fn routes_v4_tracepoint(ctx: BtfTracePointContext) -> u32 {
     let flp: u64 = ctx.arg(1);
     let nhc: u64 = ctx.arg(2);
     let err: i32 = ctx.arg(3);
-    let cookie = if nhc != 0 { nhc_cookie(nhc) } else { tracepoint_miss_cookie(flp) };
-    count(cookie, table, family::IPV4, v4_result(err));
+    let net = if nhc != 0 { nhc_net(nhc) } else { tracepoint_miss_net(flp) };
+    v4_lookup(net, table, err);
     0
 }
 
@@ -201,31 +298,27 @@ pub fn routes_rx_end(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn v4_returned(tb: u64, flp: u64, res: u64, err: i32) {
-    let table: u32 = read(tb, offset!(fib_table_id)).unwrap_or(0);
+    let tb_id: u32 = read(tb, offset!(fib_table_id)).unwrap_or(0);
     let owner = netns::table_owner(tb);
-    let cookie = if err == 0 {
-        let cookie = read::<u64>(res, offset!(fib_result_nhc)).map(nhc_cookie).unwrap_or(UNKNOWN_NETNS);
+    let net = if err == 0 {
+        let net = read::<u64>(res, offset!(fib_result_nhc)).map(nhc_net).unwrap_or(0);
         // Tables appear lazily (a new namespace has none until its first route) and rules
         // split local from main: learn each table's owner from its hits.
-        if cookie != UNKNOWN_NETNS && owner != cookie {
-            netns::set_table_owner(tb, cookie);
+        if net != 0 && owner.net != net {
+            netns::set_table_owner(tb, net_cookie(net), net);
         }
-        cookie
-    } else if owner != UNKNOWN_NETNS && netns::is_alive(owner) {
+        net
+    } else if owner.cookie != UNKNOWN_NETNS && netns::is_alive(owner.cookie) {
         // The owner is checked alive: a table of a dead namespace may have been freed and
         // its memory reused for another namespace's table.
-        owner
+        owner.net
     } else {
         // A table that never hit: an output lookup (iif loopback) runs for the caller's own
         // socket in process context; an input lookup cannot be placed.
         let iif: i32 = read(flp, offset!(flowi4_iif)).unwrap_or(0);
-        if iif == 0 || iif == LOOPBACK_IFINDEX {
-            current_net().map(net_cookie).unwrap_or(UNKNOWN_NETNS)
-        } else {
-            UNKNOWN_NETNS
-        }
+        if iif == 0 || iif == LOOPBACK_IFINDEX { current_net().unwrap_or(0) } else { 0 }
     };
-    count(cookie, table, family::IPV4, v4_result(err));
+    v4_lookup(net, tb_id, err);
 }
 
 #[fexit(function = "fib_table_lookup")]
@@ -284,8 +377,9 @@ pub fn routes_v4_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn v6_lookup(net: u64, table: u64, res: u64) {
-    let table_id: u32 = if table != 0 { read(table, offset!(fib6_table_id)).unwrap_or(0) } else { 0 };
-    count(net_cookie(net), table_id, family::IPV6, v6_result(net, res));
+    let tb_id: u32 = if table != 0 { read(table, offset!(fib6_table_id)).unwrap_or(0) } else { 0 };
+    let result = v6_result(net, res);
+    record(net, tb_id, family::IPV6, result, v6_walk(net, tb_id, result));
 }
 
 #[btf_tracepoint(function = "fib6_table_lookup")]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::model::snapshot::Snapshot;
 use netns_agent_common::{
     lifecycle::SETUP_BUCKETS_NS,
-    routes::{family, result},
+    routes::{family, kind, result},
 };
 use prometheus::{
     Encoder as _, TextEncoder,
@@ -98,8 +98,20 @@ pub const ALIVE: MetricDef =
 pub const ROUTE_LOOKUPS: MetricDef = def(
     "netns_route_lookups_total",
     COUNTER,
+    &["netns", "family", "result"],
+    "Route lookups by the namespace they happen in (netns inode, or unknown), family and outcome: the answer of the last table the lookup consulted (hit, no_route, unreachable, prohibit, blackhole, error).",
+);
+pub const ROUTE_UNRESOLVED: MetricDef = def(
+    "netns_route_unresolved_misses_total",
+    COUNTER,
+    &["netns", "family"],
+    "Tables without a route consulted by lookups in a namespace with policy rules: each is a step toward a later table (whose answer netns_route_lookups_total counts) or the end of a lookup that found no route; the kernel hooks do not show which.",
+);
+pub const ROUTE_TABLE_LOOKUPS: MetricDef = def(
+    "netns_route_table_lookups_total",
+    COUNTER,
     &["netns", "family", "table", "result"],
-    "Route table lookups by the namespace they happen in (netns inode, or unknown), family, table and result.",
+    "Which tables route lookups consulted, and what each table answered (no_route: none in this table, the lookup went on); only with route_table_detail = true. Not failures: see netns_route_lookups_total.",
 );
 pub const ROUTE_KEYS_FULL: MetricDef = def(
     "netns_agent_route_keys_full_total",
@@ -170,6 +182,8 @@ pub const ALL: &[&MetricDef] = &[
     &DESTROYED,
     &ALIVE,
     &ROUTE_LOOKUPS,
+    &ROUTE_UNRESOLVED,
+    &ROUTE_TABLE_LOOKUPS,
     &ROUTE_KEYS_FULL,
     &DEVICE_MOVES,
     &DEVICE_MOVE_FAILURES,
@@ -193,7 +207,7 @@ pub fn table_label(table: u32) -> String {
     }
 }
 
-pub fn family_label(family: u32) -> &'static str {
+pub fn family_label(family: u16) -> &'static str {
     match family {
         family::IPV4 => "ipv4",
         family::IPV6 => "ipv6",
@@ -288,15 +302,29 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
     out.extend([moves.finish(), failures.finish()]);
 
     let mut lookups = Family::new(&ROUTE_LOOKUPS);
+    let mut unresolved = Family::new(&ROUTE_UNRESOLVED);
+    let mut tables = Family::new(&ROUTE_TABLE_LOOKUPS);
     for r in &snap.routes {
-        let table = table_label(r.table);
-        for (name, total) in result::NAMES.iter().zip(r.by_result) {
+        let family = family_label(r.family);
+        if r.kind == kind::TABLE {
+            let table = table_label(r.table);
+            for (name, total) in result::NAMES.iter().zip(r.by_result).take(result::UNRESOLVED) {
+                if total > 0 {
+                    tables.add(&[&r.netns, family, &table, name], total as f64);
+                }
+            }
+            continue;
+        }
+        for (name, total) in result::NAMES.iter().zip(r.by_result).take(result::UNRESOLVED) {
             if total > 0 {
-                lookups.add(&[&r.netns, family_label(r.family), &table, name], total as f64);
+                lookups.add(&[&r.netns, family, name], total as f64);
             }
         }
+        if r.by_result[result::UNRESOLVED] > 0 {
+            unresolved.add(&[&r.netns, family], r.by_result[result::UNRESOLVED] as f64);
+        }
     }
-    out.push(lookups.finish());
+    out.extend([lookups.finish(), unresolved.finish(), tables.finish()]);
     out.push(single(&ROUTE_KEYS_FULL, snap.counters.route_keys_full as f64));
     let mut families: Vec<MetricFamily> = out.into_iter().flatten().collect();
     // The agent's own process (CPU, memory, fds, start time), as every exporter has it.

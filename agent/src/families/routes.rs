@@ -24,7 +24,7 @@ impl RouteMaps {
         Ok(Self { lookups: take(ebpf, "ROUTE_LOOKUPS")?, keys_full: take(ebpf, "ROUTE_KEYS_FULL")? })
     }
 
-    /// Every (namespace, family, table) key with its counts summed over CPUs.
+    /// Every (namespace, family, kind, table) key with its counts summed over CPUs.
     pub fn read(&self) -> Vec<RouteCount> {
         self.lookups
             .iter()
@@ -36,7 +36,13 @@ impl RouteMaps {
                         *total += n;
                     }
                 }
-                RouteCount { cookie: key.cookie, family: key.family, table: key.table, by_result }
+                RouteCount {
+                    cookie: key.cookie,
+                    family: key.family,
+                    kind: key.kind,
+                    table: key.table,
+                    by_result,
+                }
             })
             .collect()
     }

@@ -51,6 +51,18 @@ const FIELDS: &[FieldSpec] = &[
         paths: &["net.ipv4.fib_default"],
         set: |o, v| o.net_fib_default = v,
     },
+    // Whether a namespace has policy rules: the shape of its lookups' table walk. Present
+    // with CONFIG_IP_MULTIPLE_TABLES / CONFIG_IPV6_MULTIPLE_TABLES (Debian's kernels).
+    FieldSpec {
+        name: "net_fib_has_custom_rules",
+        paths: &["net.ipv4.fib_has_custom_rules"],
+        set: |o, v| o.net_fib_has_custom_rules = v,
+    },
+    FieldSpec {
+        name: "net_fib6_has_custom_rules",
+        paths: &["net.ipv6.fib6_has_custom_rules"],
+        set: |o, v| o.net_fib6_has_custom_rules = v,
+    },
     FieldSpec {
         name: "net_fib6_null_entry",
         paths: &["net.ipv6.fib6_null_entry"],

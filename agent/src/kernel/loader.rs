@@ -19,12 +19,14 @@ use super::{
 /// The kernel programs, built by `build.rs` from `ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-agent"));
 
-/// Sizes of the kernel-side tables (`[limits]` in the config).
+/// The kernel-side tables: their sizes (`[limits]` in the config), and whether route
+/// lookups are also counted per table (`route_table_detail`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapSizes {
+pub struct KernelTables {
     pub kernel_namespaces: u32,
     pub event_buffer_bytes: u32,
     pub route_keys: u32,
+    pub route_table_detail: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,7 @@ pub struct Prepared {
 
 /// The checks and loading shared by `run` and `check`. Each failure is one line that names
 /// the problem and the fix.
-pub fn prepare(btf_path: &Path, sizes: MapSizes) -> Result<Prepared, LoadError> {
+pub fn prepare(btf_path: &Path, sizes: KernelTables) -> Result<Prepared, LoadError> {
     host::check_privileges()?;
     let release = host::kernel_release()?;
     host::check_kernel_version(&release)?;
@@ -79,11 +81,17 @@ pub fn prepare(btf_path: &Path, sizes: MapSizes) -> Result<Prepared, LoadError> 
 
 /// `cleanup_net` is the function's address (0 when unknown), for the tracepoint that
 /// watches teardown batches.
-fn load(offsets: &KernelOffsets, cleanup_net: u64, btf: &Btf, sizes: MapSizes) -> Result<Ebpf, LoadError> {
+fn load(
+    offsets: &KernelOffsets,
+    cleanup_net: u64,
+    btf: &Btf,
+    sizes: KernelTables,
+) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
         .btf(Some(btf))
         .override_global("OFFSETS", offsets, true)
         .override_global("CLEANUP_NET_ADDR", &cleanup_net, true)
+        .override_global("ROUTE_TABLE_DETAIL", &u8::from(sizes.route_table_detail), true)
         .map_max_entries("LIVE", sizes.kernel_namespaces)
         .map_max_entries("TEARDOWN_MARKERS", sizes.kernel_namespaces)
         .map_max_entries("TABLE_OWNER", sizes.kernel_namespaces)

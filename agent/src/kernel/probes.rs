@@ -322,12 +322,20 @@ static DEVICE_MOVE: ProbeSpec = ProbeSpec {
 /// out of line again but only wraps it); `dev_change_net_namespace` on 5.12 and older.
 const MOVE_FUNCTIONS: &[&str] = &["__dev_change_net_namespace", "dev_change_net_namespace"];
 
-const ROUTE_V4_FIELDS: &[&str] =
-    &["fib_table_id", "fib_result_nhc", "nhc_dev", "netdev_nd_net", "net_cookie", "flowi4_iif"];
+const ROUTE_V4_FIELDS: &[&str] = &[
+    "fib_table_id",
+    "fib_result_nhc",
+    "nhc_dev",
+    "netdev_nd_net",
+    "net_cookie",
+    "flowi4_iif",
+    "net_fib_has_custom_rules",
+    "net_fib_default",
+];
 
 static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
     name: "route_lookup_ipv4",
-    summary: "IPv4 route lookups (fib_table_lookup), per namespace, table and result",
+    summary: "IPv4 route lookups (fib_table_lookup), per namespace and outcome",
     variants: &[
         Variant {
             mode: Mode::Fentry,
@@ -346,7 +354,16 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 Hook::BtfTracepoint { program: "routes_rx_begin", tracepoint: "netif_receive_skb" },
                 Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
             ],
-            fields: &["nhc_dev", "netdev_nd_net", "netdev_ifindex", "net_cookie", "flowi4_iif", "skb_dev"],
+            fields: &[
+                "nhc_dev",
+                "netdev_nd_net",
+                "netdev_ifindex",
+                "net_cookie",
+                "flowi4_iif",
+                "skb_dev",
+                "net_fib_has_custom_rules",
+                "net_fib_default",
+            ],
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
                    received packets by the receiving device's namespace (unknown if the input \
@@ -365,12 +382,18 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
     ],
 };
 
-const ROUTE_V6_FIELDS: &[&str] =
-    &["fib6_table_id", "fib6_result_f6i", "fib6_result_type", "net_fib6_null_entry", "net_cookie"];
+const ROUTE_V6_FIELDS: &[&str] = &[
+    "fib6_table_id",
+    "fib6_result_f6i",
+    "fib6_result_type",
+    "net_fib6_null_entry",
+    "net_cookie",
+    "net_fib6_has_custom_rules",
+];
 
 static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
     name: "route_lookup_ipv6",
-    summary: "IPv6 route lookups (fib6_table_lookup), per namespace, table and result",
+    summary: "IPv6 route lookups (fib6_table_lookup), per namespace and outcome",
     variants: &[
         Variant {
             mode: Mode::Fentry,

@@ -42,11 +42,13 @@ impl Default for LifecycleCounters {
     }
 }
 
-/// One route counter key and its counts by result (`ebpf/src/routes.rs`).
+/// One route counter key and its counts by result (`ebpf/src/routes.rs`): whole lookups
+/// by outcome (`kind::LOOKUP`), or lookups in one table (`kind::TABLE`, detail).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteCount {
     pub cookie: u64,
-    pub family: u32,
+    pub family: u16,
+    pub kind: u16,
     pub table: u32,
     pub by_result: [u64; result::COUNT],
 }

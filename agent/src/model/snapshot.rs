@@ -6,7 +6,10 @@ use std::{
     time::SystemTime,
 };
 
-use netns_agent_common::{moves::MoveCounts, routes::result};
+use netns_agent_common::{
+    moves::MoveCounts,
+    routes::{kind, result},
+};
 
 use super::{
     Model,
@@ -42,11 +45,13 @@ pub struct TaskHealth {
     pub restarts: u64,
 }
 
-/// Route counts of one (namespace, family, table), with the `netns` label resolved.
+/// Route counts of one (namespace, family, kind, table), with the `netns` label resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSeries {
     pub netns: String,
-    pub family: u32,
+    pub family: u16,
+    /// `kind::LOOKUP` (whole lookups by outcome) or `kind::TABLE` (per table).
+    pub kind: u16,
     pub table: u32,
     pub by_result: [u64; result::COUNT],
 }
@@ -71,11 +76,14 @@ pub struct Snapshot {
 impl Model {
     /// Joins the model with the kernel's counters.
     pub fn snapshot(&self, facts: AgentFacts, tasks: Vec<TaskHealth>, counters: Counters) -> Snapshot {
+        // Per namespace: whole lookups and those that failed, by outcome. Unresolved table
+        // misses (policy rules) are neither: their walk's end is not known.
         let mut route_totals: HashMap<u64, (u64, u64)> = HashMap::new();
-        for r in &counters.routes {
+        for r in counters.routes.iter().filter(|r| r.kind == kind::LOOKUP) {
             let total = route_totals.entry(r.cookie).or_default();
-            total.0 += r.by_result.iter().sum::<u64>();
-            total.1 += r.by_result.iter().skip(result::HIT + 1).sum::<u64>();
+            let failed: u64 = r.by_result[result::HIT + 1..result::UNRESOLVED].iter().sum();
+            total.0 += r.by_result[result::HIT] + failed;
+            total.1 += failed;
         }
         let move_totals: HashMap<u64, MoveCounts> = counters.moves.iter().copied().collect();
         let now = SystemTime::now();
@@ -163,6 +171,7 @@ impl Model {
                     Some(RouteSeries {
                         netns: state.namespaces.label(r.cookie)?,
                         family: r.family,
+                        kind: r.kind,
                         table: r.table,
                         by_result: r.by_result,
                     })
