@@ -97,6 +97,20 @@ fn rules_pass_promtool_and_their_unit_tests() -> Result<()> {
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
         ensure!(tests.contains(&format!("alertname: {alert}")), "no promtool test for {alert}");
     }
+    // Every alert links to its README section, and the section exists.
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    let docs = yaml_docs(&dir.join("rules.yml"))?;
+    for group in docs[0]["groups"].as_vec().context("groups")? {
+        for rule in group["rules"].as_vec().context("rules")? {
+            let Some(alert) = rule["alert"].as_str() else { continue };
+            let url = rule["annotations"]["runbook_url"].as_str().unwrap_or("");
+            ensure!(
+                url.ends_with(&format!("README.md#{}", alert.to_lowercase())),
+                "{alert}: runbook_url {url:?}"
+            );
+            ensure!(readme.contains(&format!("\n#### {alert}\n")), "{alert}: no README section");
+        }
+    }
     Ok(())
 }
 
