@@ -86,7 +86,13 @@ pub fn apply(cx: &EventContext<'_>, e: &LifecycleEvent) {
         kind::NETNS_DESTROYED => destroyed(cx, e),
         _ => Entry { kind: "netns_setup_failed".into(), error: Some(e.error), ..base(e) },
     };
-    log::info!("{}", entry.detail());
+    // One line per event: busy hosts create and destroy namespaces by the thousand, so the
+    // routine ones are debug (the journal keeps them); a failure is a warning.
+    if e.kind == kind::NETNS_CREATED || e.kind == kind::NETNS_DESTROYED {
+        log::debug!("{}", entry.detail());
+    } else {
+        log::warn!("{}", entry.detail());
+    }
     cx.model.with(|state| state.journal.push(entry));
 }
 

@@ -63,6 +63,11 @@ pub fn apply(cx: &EventContext<'_>, e: &MoveEvent) {
         error: (!moved).then_some(e.error),
         ..Default::default()
     };
-    log::info!("{}", entry.detail());
+    // Routine moves are debug (the journal keeps them); a failed move is a warning.
+    if moved {
+        log::debug!("{}", entry.detail());
+    } else {
+        log::warn!("{}", entry.detail());
+    }
     cx.model.with(|state| state.journal.push(entry));
 }
