@@ -100,3 +100,67 @@ fn check_refuses_without_privileges_too() -> Result<()> {
     ensure!(line.contains("not permitted"), "{line}");
     Ok(())
 }
+
+/// SIGHUP reloads the config as Prometheus does: what can change at once does (and works),
+/// the rest is named as taking effect at the next start, and a bad config is refused while the
+/// agent runs on.
+#[test]
+fn sighup_reloads_the_config_and_refuses_a_bad_one() -> Result<()> {
+    use std::time::Duration;
+
+    use netns_agent_e2e::{Agent, NamedNetns, mode, wait_for};
+    let path = std::env::temp_dir().join(format!("netns-agent-reload-{}.toml", std::process::id()));
+    std::fs::write(&path, "series_grace_seconds = 300\n")?;
+    let agent = Agent::start_with(&["--attach", &mode(), "--config", path.to_str().unwrap()])?;
+    let hup = |agent: &Agent| -> Result<()> {
+        let pid = agent.pid();
+        ensure!(pid != 0, "agent not running");
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+        ensure!(status.success(), "kill -HUP {pid}");
+        Ok(())
+    };
+    let reloaded = |agent: &Agent| -> Result<f64> {
+        agent.scrape()?.value("netns_agent_config_last_reload_successful", &[])
+    };
+    let bound = Duration::from_secs(10) * netns_agent_e2e::slowdown();
+
+    std::fs::write(&path, "series_grace_seconds = 1\n[limits]\ntracked_namespaces = 100\n")?;
+    hup(&agent)?;
+    wait_for("the reload's log lines", bound, || {
+        let log = agent.log_text();
+        Ok((log.contains("SIGHUP: config reloaded: series_grace_seconds 300 -> 1")
+            && log.contains("limits.tracked_namespaces 16384 -> 100 takes effect at the next start"))
+        .then_some(()))
+    })?;
+    ensure!(reloaded(&agent)? == 1.0, "a reload that loaded is successful");
+    // The new grace is in force: a torn-down namespace's series leave within about a second
+    // of its teardown, where the old grace kept them for 5 minutes.
+    let ns = NamedNetns::add("hup")?;
+    let inode = ns.inode()?.to_string();
+    let tracked = |agent: &Agent| -> Result<bool> {
+        Ok(agent.scrape()?.has("netns_created_timestamp_seconds", &[("netns", &inode)])
+            || agent.scrape()?.series("netns_info").iter().any(|l| l["netns"] == inode))
+    };
+    wait_for("the namespace tracked", bound, || Ok(tracked(&agent)?.then_some(())))?;
+    ns.delete()?;
+    wait_for("its series gone after the reloaded grace", bound * 6, || {
+        Ok((!agent.scrape()?.series("netns_info").iter().any(|l| l["netns"] == inode)).then_some(()))
+    })?;
+
+    // A bad config: refused, in one line, and the agent still serves.
+    std::fs::write(&path, "series_grace_seconds = 999999\n")?;
+    hup(&agent)?;
+    wait_for("the refusal", bound, || Ok(agent.log_text().contains("config reload refused").then_some(())))?;
+    let line =
+        agent.log_text().lines().find(|l| l.contains("config reload refused")).unwrap_or("").to_owned();
+    ensure!(line.contains("series_grace_seconds"), "the refusal names the key: {line}");
+    ensure!(reloaded(&agent)? == 0.0, "a refused reload shows as 0");
+    // And a good one again.
+    std::fs::write(&path, "series_grace_seconds = 1\n")?;
+    hup(&agent)?;
+    wait_for("a successful reload again", bound, || Ok((reloaded(&agent)? == 1.0).then_some(())))?;
+    let _ = std::fs::remove_file(&path);
+    let (status, log) = agent.stop()?;
+    ensure!(status.success(), "the agent survived its SIGHUPs and stopped cleanly: {status}\n{log}");
+    Ok(())
+}

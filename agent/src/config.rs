@@ -401,6 +401,74 @@ impl Settings {
     }
 }
 
+/// The settings a config reload (SIGHUP) applies at once; every other setting takes effect
+/// at the next start (ports, probes, kernel tables and files are set up once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunables {
+    pub series_grace: Duration,
+    pub inventory_interval: Duration,
+    pub attribution_interval: Duration,
+    pub dying_after: Duration,
+}
+
+impl Settings {
+    pub fn tunables(&self) -> Tunables {
+        Tunables {
+            series_grace: self.series_grace,
+            inventory_interval: self.inventory_interval,
+            attribution_interval: self.attribution_interval,
+            dying_after: self.dying_after,
+        }
+    }
+}
+
+/// One setting that differs between the running config and a reloaded one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: &'static str,
+    pub old: String,
+    pub new: String,
+    /// Applied at once (a [`Tunables`] field); else at the next start.
+    pub live: bool,
+}
+
+type Show = fn(&Settings) -> String;
+
+/// How each key of the registry reads from [`Settings`], and whether a reload applies it.
+const SHOWN: &[(&str, bool, Show)] = &[
+    ("listen", false, |s| s.listen.to_string()),
+    ("attach", false, |s| format!("{:?}", s.attach)),
+    ("btf", false, |s| s.btf.display().to_string()),
+    ("web_telemetry_path", false, |s| s.telemetry_path.clone()),
+    ("web_config_file", false, |s| format!("{:?}", s.web_config_file)),
+    ("web_disable_api", false, |s| s.web_disable_api.to_string()),
+    ("events_file", false, |s| format!("{:?}", s.events_file)),
+    ("events_file_max_bytes", false, |s| s.events_file_max_bytes.to_string()),
+    ("journal_max_events", false, |s| s.journal_max_events.to_string()),
+    ("series_grace_seconds", true, |s| s.series_grace.as_secs().to_string()),
+    ("inventory_interval_seconds", true, |s| s.inventory_interval.as_secs().to_string()),
+    ("attribution_interval_seconds", true, |s| s.attribution_interval.as_secs().to_string()),
+    ("dying_after_seconds", true, |s| s.dying_after.as_secs().to_string()),
+    ("proc_root", false, |s| s.sources.proc_root.display().to_string()),
+    ("cni_cache_dir", false, |s| s.sources.cni_cache_dir.display().to_string()),
+    ("route_table_detail", false, |s| s.limits.maps.route_table_detail.to_string()),
+    ("limits.kernel_namespaces", false, |s| s.limits.maps.kernel_namespaces.to_string()),
+    ("limits.event_buffer_bytes", false, |s| s.limits.maps.event_buffer_bytes.to_string()),
+    ("limits.route_keys", false, |s| s.limits.maps.route_keys.to_string()),
+    ("limits.tracked_namespaces", false, |s| s.limits.tracked_namespaces.to_string()),
+];
+
+/// What differs between two configs, in registry order.
+pub fn changes(old: &Settings, new: &Settings) -> Vec<Change> {
+    KEYS.iter()
+        .filter_map(|key| SHOWN.iter().find(|(name, _, _)| *name == key.name))
+        .filter_map(|(key, live, show)| {
+            let (old, new) = (show(old), show(new));
+            (old != new).then_some(Change { key, old, new, live: *live })
+        })
+        .collect()
+}
+
 fn default_text_of(key: &Key) -> String {
     match key.default {
         DefaultValue::Number(n) => n.to_string(),
@@ -479,6 +547,25 @@ mod tests {
 
     fn resolve(text: &str) -> Result<Settings, ConfigError> {
         Settings::resolve(parse(text)?, Overrides::default())
+    }
+
+    #[test]
+    fn a_reload_knows_every_key_and_which_apply_at_once() {
+        let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+        let shown: Vec<&str> = SHOWN.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(names, shown, "SHOWN lists every registry key, in order");
+        let old = resolve("series_grace_seconds = 300\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let new = resolve("series_grace_seconds = 5\nlisten = \"127.0.0.1:2\"\n").unwrap();
+        let got = changes(&old, &new);
+        assert_eq!(
+            got,
+            vec![
+                Change { key: "listen", old: "127.0.0.1:1".into(), new: "127.0.0.1:2".into(), live: false },
+                Change { key: "series_grace_seconds", old: "300".into(), new: "5".into(), live: true },
+            ]
+        );
+        assert_eq!(new.tunables().series_grace, Duration::from_secs(5));
+        assert!(changes(&old, &old).is_empty());
     }
 
     #[test]

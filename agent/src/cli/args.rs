@@ -71,7 +71,7 @@ pub enum Command {
     BenchFloor(CommonArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct CommonArgs {
     /// Config file (TOML); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -85,7 +85,7 @@ pub struct CommonArgs {
     pub btf: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 #[command(after_long_help = crate::config::help_text())]
 pub struct RunArgs {
     /// Address to serve /metrics and /api on, as HOST:PORT, :PORT or NAME:PORT (config key

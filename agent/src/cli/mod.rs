@@ -48,7 +48,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let settings = settings(&args.common, Some(&args))?;
-            crate::daemon::run(settings)?;
+            // SIGHUP reads the file again, with the same flags over it.
+            let reload = move || self::settings(&args.common, Some(&args));
+            crate::daemon::run(settings, Box::new(reload))?;
         }
         Command::Check(args) => {
             let settings = settings(&args, None)?;

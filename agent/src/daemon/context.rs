@@ -35,9 +35,16 @@ pub struct Agent {
     pub cgroups: Mutex<procfs::CgroupNames>,
     /// Set when the first attribution scan has finished (`/-/ready`).
     pub scanned: std::sync::atomic::AtomicBool,
+    /// Set when the last SIGHUP's config was refused; cleared by one that loads.
+    pub reload_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
+    /// Records how the last config reload went.
+    pub fn set_reload_outcome(&self, ok: bool) {
+        self.reload_failed.store(!ok, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn maps(&self) -> std::sync::MutexGuard<'_, FamilyMaps> {
         self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -116,7 +123,9 @@ impl Agent {
 impl Source for Agent {
     fn snapshot(&self) -> Snapshot {
         let counters = self.maps().read();
-        self.model.snapshot(self.facts.clone(), self.health.tasks(), counters)
+        let mut snapshot = self.model.snapshot(self.facts.clone(), self.health.tasks(), counters);
+        snapshot.config_reload_failed = self.reload_failed.load(std::sync::atomic::Ordering::Relaxed);
+        snapshot
     }
 
     fn events(&self, filter: &Filter, since: u64, limit: usize) -> EventsView {

@@ -1,6 +1,6 @@
 //! `netns-agent run`: start-up (bind, load, attach, seed from the inventory), the supervised
-//! task set (events, housekeeping, attribution, HTTP), and shutdown on SIGINT/SIGTERM, which
-//! detaches everything.
+//! task set (events, housekeeping, attribution, config reload on SIGHUP, HTTP), and shutdown
+//! on SIGINT/SIGTERM, which detaches everything.
 
 pub mod context;
 pub mod tasks;
@@ -14,7 +14,7 @@ use context::{Agent, Shared};
 use tasks::{Health, OnEnd, TaskError, TaskSpec};
 
 use crate::{
-    config::Settings,
+    config::{ConfigError, Settings, Tunables},
     errors::error_chain,
     expose::{
         self,
@@ -74,17 +74,28 @@ pub fn outcome_line(outcome: &ProbeOutcome) -> String {
     if failures.is_empty() { head } else { format!("{head}; {}", failures.join("; ")) }
 }
 
+/// Reads the config again (the file, with the command line's flags over it).
+pub type Reload = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + Sync>;
+
 /// Runs the agent until SIGINT/SIGTERM, on its own runtime.
-pub fn run(settings: Settings) -> Result<(), DaemonError> {
+pub fn run(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?
-        .block_on(serve(settings))
+        .block_on(serve(settings, reload))
 }
 
-async fn serve(settings: Settings) -> Result<(), DaemonError> {
+async fn serve(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
+    // SIGHUP's default action ends the process: handle it before the slow start-up.
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            log::warn!("cannot handle SIGHUP ({err}): it will end the agent, not reload its config");
+            None
+        }
+    };
     // The web config and the port first: a mistake there should fail before any probe
     // touches the kernel.
     let web = match &settings.web_config_file {
@@ -156,17 +167,22 @@ async fn serve(settings: Settings) -> Result<(), DaemonError> {
         health: Health::default(),
         rescan_soon: tokio::sync::Notify::new(),
         scanned: std::sync::atomic::AtomicBool::new(false),
+        reload_failed: std::sync::atomic::AtomicBool::new(false),
         cgroups: Mutex::new(CgroupNames::new(&settings.sources)),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));
     let listener = Arc::new(Mutex::new(Some(listener)));
 
-    let specs = vec![
+    let (tunables, tuned) = tokio::sync::watch::channel(settings.tunables());
+    let mut specs = vec![
         events_task(Arc::clone(&agent), stream),
-        housekeeping_task(Arc::clone(&agent), Arc::clone(&ebpf), inventory, &settings),
-        attribution_task(Arc::clone(&agent), settings.attribution_interval),
+        housekeeping_task(Arc::clone(&agent), Arc::clone(&ebpf), inventory, tuned.clone()),
+        attribution_task(Arc::clone(&agent), tuned),
         http_task(Arc::clone(&agent), listener, http_options.clone()),
     ];
+    if let Some(hangups) = hangups {
+        specs.push(reload_task(Arc::clone(&agent), hangups, reload, settings.clone(), tunables));
+    }
     log::info!(
         "serving metrics on {}://{}{}{}{}",
         if http_options.web.tls.is_some() { "https" } else { "http" },
@@ -250,23 +266,30 @@ fn housekeeping_task(
     agent: Shared,
     ebpf: Arc<Mutex<aya::Ebpf>>,
     inventory: Option<Inventory>,
-    settings: &Settings,
+    tuned: tokio::sync::watch::Receiver<Tunables>,
 ) -> TaskSpec {
     let inventory = Arc::new(inventory);
-    let (interval, grace) = (settings.inventory_interval, settings.series_grace);
-    // Expire at least every second, more often for a short grace (never a zero interval).
-    let expire_every = grace.clamp(Duration::from_millis(100), Duration::from_secs(1));
     TaskSpec {
         name: "housekeeping",
         on_end: OnEnd::Restart,
         make: Box::new(move || {
             let (agent, ebpf, inventory) = (Arc::clone(&agent), Arc::clone(&ebpf), Arc::clone(&inventory));
+            let mut tuned = tuned.clone();
             Box::pin(async move {
+                let Tunables { inventory_interval, series_grace: grace, .. } = *tuned.borrow_and_update();
+                // Expire at least every second, more often for a short grace (never a zero
+                // interval).
+                let expire_every = grace.clamp(Duration::from_millis(100), Duration::from_secs(1));
                 let mut expire_ticker = tokio::time::interval(expire_every);
-                let mut inventory_ticker = tokio::time::interval(interval);
+                let mut inventory_ticker = tokio::time::interval(inventory_interval);
                 inventory_ticker.tick().await;
                 loop {
                     tokio::select! {
+                        // A reload: start over with the new periods.
+                        changed = tuned.changed() => {
+                            changed.map_err(|_| TaskError::Failed("the config channel closed".into()))?;
+                            return Err(TaskError::Reconfigured);
+                        }
                         _ = expire_ticker.tick() => agent.expire(grace),
                         _ = inventory_ticker.tick() => {
                             let (agent, ebpf, inventory) = (Arc::clone(&agent), Arc::clone(&ebpf), Arc::clone(&inventory));
@@ -296,16 +319,22 @@ fn reconcile(agent: &Agent, ebpf: &Mutex<aya::Ebpf>, inventory: Option<&Inventor
 }
 
 /// Rescans /proc, mounts and the CNI cache periodically, and soon after a namespace appears.
-fn attribution_task(agent: Shared, interval: Duration) -> TaskSpec {
+fn attribution_task(agent: Shared, tuned: tokio::sync::watch::Receiver<Tunables>) -> TaskSpec {
     TaskSpec {
         name: "attribution",
         on_end: OnEnd::Restart,
         make: Box::new(move || {
             let agent = Arc::clone(&agent);
+            let mut tuned = tuned.clone();
             Box::pin(async move {
+                let interval = tuned.borrow_and_update().attribution_interval;
                 let mut ticker = tokio::time::interval(interval);
                 loop {
                     tokio::select! {
+                        changed = tuned.changed() => {
+                            changed.map_err(|_| TaskError::Failed("the config channel closed".into()))?;
+                            return Err(TaskError::Reconfigured);
+                        }
                         _ = ticker.tick() => {}
                         // A new namespace: let its creator finish (mount, exec) before looking.
                         () = agent.rescan_soon.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -337,6 +366,77 @@ fn http_task(
                 let listener = listener.ok_or_else(|| TaskError::Failed("listener already used".into()))?;
                 expose::http::serve(listener, agent, &options).await?;
                 Ok(())
+            })
+        }),
+    }
+}
+
+/// On SIGHUP, reads the config again: the settings a reload can change apply at once, the
+/// others are named as taking effect at the next start; a config that does not validate is
+/// refused with its one-line error and the agent keeps running as it was (as Prometheus does).
+fn reload_task(
+    agent: Shared,
+    hangups: tokio::signal::unix::Signal,
+    reload: Reload,
+    running: Settings,
+    tunables: tokio::sync::watch::Sender<Tunables>,
+) -> TaskSpec {
+    let state = Arc::new(tokio::sync::Mutex::new((hangups, running)));
+    let reload = Arc::new(reload);
+    let tunables = Arc::new(tunables);
+    TaskSpec {
+        name: "reload",
+        on_end: OnEnd::Restart,
+        make: Box::new(move || {
+            let (agent, state, reload, tunables) =
+                (Arc::clone(&agent), Arc::clone(&state), Arc::clone(&reload), Arc::clone(&tunables));
+            Box::pin(async move {
+                let mut state = state.lock().await;
+                let (hangups, running) = &mut *state;
+                loop {
+                    if hangups.recv().await.is_none() {
+                        return Err(TaskError::Failed("the SIGHUP stream ended".into()));
+                    }
+                    let reload = Arc::clone(&reload);
+                    let result = tokio::task::spawn_blocking(move || reload())
+                        .await
+                        .map_err(|err| TaskError::Failed(format!("reading the config: {err}")))?;
+                    let new = match result {
+                        Ok(new) => new,
+                        Err(err) => {
+                            log::error!("SIGHUP: config reload refused, still running as before: {err}");
+                            agent.set_reload_outcome(false);
+                            continue;
+                        }
+                    };
+                    let changes = crate::config::changes(running, &new);
+                    if changes.is_empty() {
+                        log::info!("SIGHUP: config reloaded, nothing changed");
+                    }
+                    for change in &changes {
+                        let (key, old, value) = (change.key, &change.old, &change.new);
+                        if change.live {
+                            log::info!("SIGHUP: config reloaded: {key} {old} -> {value}");
+                        } else {
+                            log::warn!(
+                                "SIGHUP: config reloaded: {key} {old} -> {value} takes effect at the next start"
+                            );
+                        }
+                    }
+                    agent.model.set_dying_after(new.dying_after);
+                    tunables.send_if_modified(|current| {
+                        let changed = *current != new.tunables();
+                        *current = new.tunables();
+                        changed
+                    });
+                    agent.set_reload_outcome(true);
+                    // What runs now: live settings from the new config, the rest as started.
+                    let live = new.tunables();
+                    running.series_grace = live.series_grace;
+                    running.inventory_interval = live.inventory_interval;
+                    running.attribution_interval = live.attribution_interval;
+                    running.dying_after = live.dying_after;
+                }
             })
         }),
     }

@@ -27,6 +27,9 @@ pub enum TaskError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Failed(String),
+    /// The task ends to start over with reloaded settings: not a failure.
+    #[error("reconfigured")]
+    Reconfigured,
 }
 
 /// What the supervisor does when a task ends.
@@ -111,6 +114,10 @@ async fn run_one(spec: Arc<TaskSpec>, restarts: Arc<AtomicU64>) -> TaskError {
         let started = tokio::time::Instant::now();
         // Each run in its own task, so a panic is caught and reported, not propagated.
         let ended = tokio::spawn((spec.make)()).await;
+        if matches!(ended, Ok(Err(TaskError::Reconfigured))) {
+            log::debug!("task {} restarts with the reloaded config", spec.name);
+            continue;
+        }
         let why = match ended {
             Ok(Ok(())) => "ended".to_owned(),
             Ok(Err(err)) => format!("failed: {err}"),
@@ -142,6 +149,35 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_reconfigured_by_a_reload_starts_over_at_once_uncounted() {
+        let runs = Arc::new(AtomicU64::new(0));
+        let spec = {
+            let runs = Arc::clone(&runs);
+            TaskSpec {
+                name: "tuned",
+                on_end: OnEnd::Restart,
+                make: Box::new(move || {
+                    let n = runs.fetch_add(1, Ordering::SeqCst);
+                    Box::pin(async move {
+                        match n {
+                            0 | 1 => Err(TaskError::Reconfigured),
+                            _ => std::future::pending().await,
+                        }
+                    })
+                }),
+            }
+        };
+        let health = Health::default();
+        let started = tokio::time::Instant::now();
+        let result =
+            supervise(vec![spec], health.clone(), tokio::time::sleep(Duration::from_millis(1))).await;
+        assert!(result.is_ok());
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "started over twice, with no backoff");
+        assert!(started.elapsed() < BACKOFF_START);
+        assert_eq!(health.tasks(), vec![TaskHealth { name: "tuned", restarts: 0 }]);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_task_is_restarted_and_counted() {

@@ -159,6 +159,12 @@ pub const NAMESPACES_DROPPED: MetricDef = def(
     "Namespaces folded into netns=\"overflow\" because limits.tracked_namespaces was reached.",
 );
 
+pub const CONFIG_RELOAD: MetricDef = def(
+    "netns_agent_config_last_reload_successful",
+    GAUGE,
+    &[],
+    "1 if the last config reload (SIGHUP) loaded, or none was asked for; 0 if it was refused (the log says why).",
+);
 pub const TASK_RESTARTS: MetricDef = def(
     "netns_agent_task_restarts_total",
     COUNTER,
@@ -173,6 +179,7 @@ pub const ALL: &[&MetricDef] = &[
     &AGENT_INFO,
     &PROBE_ATTACHED,
     &TASK_RESTARTS,
+    &CONFIG_RELOAD,
     &EVENTS_LOST,
     &LIVE_FULL,
     &RECONCILED,
@@ -241,6 +248,7 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         restarts.add(&[task.name], task.restarts as f64);
     }
     out.push(restarts.finish());
+    out.push(single(&CONFIG_RELOAD, if snap.config_reload_failed { 0.0 } else { 1.0 }));
     out.push(single(&EVENTS_LOST, snap.counters.events_lost as f64));
 
     let lc = &snap.counters.lifecycle;

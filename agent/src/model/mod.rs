@@ -33,8 +33,9 @@ pub struct ModelState {
 /// The agent's model of the host's namespaces.
 pub struct Model {
     state: Mutex<ModelState>,
-    /// A teardown unfinished after this long is `dying`.
-    pub dying_after: Duration,
+    /// A teardown unfinished after this long is `dying` (milliseconds; a config reload
+    /// changes it).
+    dying_after_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Model {
@@ -46,8 +47,18 @@ impl Model {
                 journal,
                 exec_owned: Default::default(),
             }),
-            dying_after,
+            dying_after_ms: std::sync::atomic::AtomicU64::new(dying_after.as_millis() as u64),
         }
+    }
+
+    /// After how long an unfinished teardown is `dying`.
+    pub fn dying_after(&self) -> Duration {
+        Duration::from_millis(self.dying_after_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Changes it (config reload).
+    pub fn set_dying_after(&self, value: Duration) {
+        self.dying_after_ms.store(value.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs `f` under the model's lock. Keep `f` short and free of I/O but the journal's.
@@ -70,7 +81,7 @@ impl Model {
             scan_started,
             cleanup_end_ns,
             now_ns: crate::kernel::clock::boot_ns(),
-            dying_after: self.dying_after,
+            dying_after: self.dying_after(),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub routes: Vec<RouteSeries>,
     /// Device moves by `netns` label.
     pub moves: Vec<(String, MoveCounts)>,
+    /// The last config reload (SIGHUP) was refused.
+    pub config_reload_failed: bool,
 }
 
 impl Model {
@@ -191,6 +193,7 @@ impl Model {
                 routes,
                 moves,
                 counters,
+                config_reload_failed: false,
             }
         })
     }
