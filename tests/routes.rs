@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, ensure};
-use netns_agent_e2e::{Agent, Metrics, NamedNetns, RouterTopology, in_netns, run, send_udp, wait_for};
+use netns_agent_e2e::{Agent, Metrics, NamedNetns, RouterTopology, in_netns, mode, run, send_udp, wait_for};
 
 const K: u32 = 400;
 
@@ -307,29 +307,49 @@ fn policy_rules_never_turn_a_successful_lookup_into_a_failure() -> Result<()> {
         t.ip(&["route", "add", net, "dev", "lo"])?;
     }
     t.ip(&["route", "add", "unreachable", "10.63.0.0/16"])?;
-    // (address, outcome, tables without a route on the way). With rules the walk starts at
-    // `local`; a table without a route is a step the hooks cannot tell from a last step, so
-    // it is counted as unresolved, never as a failure.
-    for (addr, result, unresolved) in [
-        ("10.60.0.1", Some("hit"), 1.0),         // local miss, 100 hit
-        ("10.61.0.1", Some("hit"), 1.0),         // local miss, (101 absent), main hit
-        ("10.62.0.1", Some("hit"), 2.0),         // local miss, 102 miss, main hit
-        ("127.0.0.1", Some("hit"), 0.0),         // local hit
-        ("10.63.0.1", Some("unreachable"), 1.0), // local miss, main unreachable
-        ("10.99.0.1", None, 2.0),                // local miss, main miss: no route, unresolved
-    ] {
+    t.ip(&["rule", "add", "to", "10.64.0.0/16", "prohibit"])?;
+    // kprobe and fentry see `fib_rules_lookup` return: every lookup's outcome, exactly. The
+    // tracepoints see only the tables: one that answers ends the lookup (exact), one without
+    // a route may be a step toward a later rule or the end of a failed lookup, so it is
+    // counted as unresolved, never as a failure; a rule action consults no table at all.
+    let hooked = mode() != "tracepoint";
+    // (address, outcome with the rules hooked; outcome and unresolved misses without).
+    type Case = (&'static str, &'static str, Option<&'static str>, f64);
+    let cases: [Case; 7] = [
+        ("10.60.0.1", "hit", Some("hit"), 1.0), // local miss, 100 hit
+        ("10.61.0.1", "hit", Some("hit"), 1.0), // local miss, (101 absent), main hit
+        ("10.62.0.1", "hit", Some("hit"), 2.0), // local miss, 102 miss, main hit
+        ("127.0.0.1", "hit", Some("hit"), 0.0), // local hit
+        ("10.63.0.1", "unreachable", Some("unreachable"), 1.0), // local miss, main unreachable
+        ("10.64.0.1", "prohibit", None, 1.0),   // local miss, the prohibit rule
+        ("10.99.0.1", "no_route", None, 2.0),   // local miss, main miss
+    ];
+    for (addr, exact, seen, unresolved) in cases {
         let d = t.get(&agent, "ipv4", addr)?;
-        let mut want: Vec<Want> = result.into_iter().map(|r| outcome(r, 1.0)).collect();
-        if unresolved > 0.0 {
-            want.push(Want(UNRESOLVED, "", "", unresolved, unresolved));
-        }
-        check(&format!("ipv4 with rules, {addr}"), &d, &want)?;
+        let want: Vec<Want> = if hooked {
+            vec![outcome(exact, 1.0)]
+        } else {
+            let mut want: Vec<Want> = seen.into_iter().map(|r| outcome(r, 1.0)).collect();
+            if unresolved > 0.0 {
+                want.push(Want(UNRESOLVED, "", "", unresolved, unresolved));
+            }
+            want
+        };
+        check(&format!("ipv4 with rules ({}), {addr}", mode()), &d, &want)?;
     }
     // IPv6 with a rule: the same.
     t.ip(&["-6", "rule", "add", "to", "2001:db8:60::/48", "table", "100"])?;
     t.ip(&["-6", "route", "add", "2001:db8:60::/48", "dev", "lo", "table", "100"])?;
     let d = t.get(&agent, "ipv6", "2001:db8:60::1")?;
-    check("ipv6 with rules", &d, &[outcome("hit", 1.0), Want(UNRESOLVED, "", "", 1.0, 1.0)])?;
+    let want = if hooked {
+        vec![outcome("hit", 1.0)]
+    } else {
+        vec![outcome("hit", 1.0), Want(UNRESOLVED, "", "", 1.0, 1.0)]
+    };
+    check(&format!("ipv6 with rules ({})", mode()), &d, &want)?;
+    let d = t.get(&agent, "ipv6", "2001:db8:99::1")?;
+    let want = if hooked { vec![outcome("no_route", 1.0)] } else { vec![Want(UNRESOLVED, "", "", 2.0, 2.0)] };
+    check(&format!("ipv6 with rules, no route ({})", mode()), &d, &want)?;
     Ok(())
 }
 

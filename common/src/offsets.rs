@@ -43,6 +43,10 @@ pub struct KernelOffsets {
     pub net_fib6_has_custom_rules: u32,
     /// `net.ipv6.fib6_null_entry`: what an IPv6 lookup without a route returns.
     pub net_fib6_null_entry: u32,
+    /// `fib_rules_ops.family` (AF_INET, AF_INET6, or a multicast family).
+    pub fib_rules_ops_family: u32,
+    /// `fib_rules_ops.fro_net`: the namespace whose rules these are.
+    pub fib_rules_ops_fro_net: u32,
     /// `net.dev_index_head`: the ifindex hash buckets.
     pub net_dev_index_head: u32,
     /// `net.dev_base_head`: the list of devices.
@@ -108,6 +112,8 @@ impl KernelOffsets {
         net_fib_has_custom_rules: UNKNOWN,
         net_fib6_has_custom_rules: UNKNOWN,
         net_fib6_null_entry: UNKNOWN,
+        fib_rules_ops_family: UNKNOWN,
+        fib_rules_ops_fro_net: UNKNOWN,
         net_dev_index_head: UNKNOWN,
         net_dev_base_head: UNKNOWN,
         netdev_nd_net: UNKNOWN,
@@ -134,6 +140,6 @@ impl KernelOffsets {
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 152);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 160);
 
 crate::user_pod!(KernelOffsets);

@@ -29,9 +29,9 @@ pub mod result {
     pub const BLACKHOLE: usize = 4;
     /// Any other error.
     pub const ERROR: usize = 5;
-    /// Per lookup only: a table without a route in a namespace with policy rules. The walk
-    /// went on to a later rule (whose answer is counted) or ended without a route: the
-    /// kernel hooks used do not show which, so it is counted as unresolved, not guessed.
+    /// Per lookup only, tracepoint mode: a table without a route in a namespace with policy
+    /// rules. The walk went on to a later rule (whose answer is counted) or ended without a
+    /// route: no tracepoint shows which, so it is counted as unresolved, not guessed.
     pub const UNRESOLVED: usize = 6;
     /// Number of results.
     pub const COUNT: usize = 7;
@@ -109,8 +109,9 @@ pub struct RxSlot {
 pub struct LookupFrames {
     pub depth: u32,
     _pad: u32,
-    /// (table or net, result, table6) per nesting level.
-    pub frames: [[u64; 3]; 4],
+    /// (table or net or rules ops, result, table6) per nesting level: a rules walk, the table
+    /// lookups inside it, and a softirq's lookup nested in a task's.
+    pub frames: [[u64; 3]; 8],
 }
 
 crate::user_pod!(RouteKey, RouteCounts, RxSlot, LookupFrames, TableOwner);

@@ -8,9 +8,13 @@
 //!   namespace has a `default` table. Lookups in other tables (the local table's address-type
 //!   checks, for one) are not route lookups of a walk: table detail only.
 //! - IPv6 without policy rules: `local`, then `main` if `local` had no route.
-//! - With policy rules (either family): a table that answers (a route, or an unreachable,
-//!   prohibit or blackhole route) ends the walk; a table without a route may or may not be
-//!   the last the rules reach, so it is counted as `unresolved`, not guessed.
+//! - With policy rules (either family), kprobe and fentry: `fib_rules_lookup` walks the
+//!   rules and its return is the lookup's outcome (rule actions included); the table
+//!   lookups inside it are detail only.
+//! - With policy rules, tracepoint (no tracepoint in `fib_rules_lookup`): a table that answers
+//!   (a route, or an unreachable, prohibit or blackhole route) ends the walk; a table without
+//!   a route may or may not be the last the rules reach, so it is counted as `unresolved`,
+//!   not guessed.
 //!
 //! Per-table counts are kept as well when the agent asks (`ROUTE_TABLE_DETAIL`).
 //!
@@ -136,9 +140,10 @@ fn net_flag(net: u64, off: u64) -> Option<bool> {
     read::<u8>(net, off).ok().map(|v| v != 0)
 }
 
-/// The walk of an IPv4 lookup in `table` of `net` that returned `result`.
+/// The walk of an IPv4 lookup in `table` of `net` that returned `result`; `rules_hooked`:
+/// the program's mode also sees `fib_rules_lookup` return, which counts policy-rule walks.
 #[inline(always)]
-fn v4_walk(net: u64, tb_id: u32, result: usize) -> Walk {
+fn v4_walk(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
     match net_flag(net, offset!(net_fib_has_custom_rules)) {
         Some(false) => match tb_id {
             // fib_lookup: `main`, then `default` unless `main` matched or there is none.
@@ -150,7 +155,9 @@ fn v4_walk(net: u64, tb_id: u32, result: usize) -> Walk {
             table::DEFAULT => Walk::Ends,
             _ => Walk::Outside,
         },
-        // Policy rules, or a namespace not known: a table that answers ends the walk.
+        // Policy rules: `fib_rules_lookup`'s return is the outcome, where it is hooked.
+        Some(true) if rules_hooked => Walk::Outside,
+        // Policy rules unhooked, or a namespace not known: a table that answers ends the walk.
         _ if result == result::NO_ROUTE => Walk::Unresolved,
         _ => Walk::Ends,
     }
@@ -158,7 +165,7 @@ fn v4_walk(net: u64, tb_id: u32, result: usize) -> Walk {
 
 /// The walk of an IPv6 lookup in table `tb_id` of `net` that returned `result`.
 #[inline(always)]
-fn v6_walk(net: u64, tb_id: u32, result: usize) -> Walk {
+fn v6_walk(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
     match net_flag(net, offset!(net_fib6_has_custom_rules)) {
         Some(false) => match tb_id {
             // fib6_rule_lookup: `local`, then `main` unless `local` had a route.
@@ -166,6 +173,7 @@ fn v6_walk(net: u64, tb_id: u32, result: usize) -> Walk {
             table::LOCAL | table::MAIN => Walk::Ends,
             _ => Walk::Outside,
         },
+        Some(true) if rules_hooked => Walk::Outside,
         _ if result == result::NO_ROUTE => Walk::Unresolved,
         _ => Walk::Ends,
     }
@@ -252,9 +260,9 @@ fn tracepoint_miss_net(flp: u64) -> u64 {
 
 /// Counts an IPv4 table lookup of `net`.
 #[inline(always)]
-fn v4_lookup(net: u64, tb_id: u32, err: i32) {
+fn v4_lookup(net: u64, tb_id: u32, err: i32, rules_hooked: bool) {
     let result = v4_result(err);
-    record(net, tb_id, family::IPV4, result, v4_walk(net, tb_id, result));
+    record(net, tb_id, family::IPV4, result, v4_walk(net, tb_id, result, rules_hooked));
 }
 
 #[btf_tracepoint(function = "fib_table_lookup")]
@@ -264,7 +272,7 @@ pub fn routes_v4_tracepoint(ctx: BtfTracePointContext) -> u32 {
     let nhc: u64 = ctx.arg(2);
     let err: i32 = ctx.arg(3);
     let net = if nhc != 0 { nhc_net(nhc) } else { tracepoint_miss_net(flp) };
-    v4_lookup(net, table, err);
+    v4_lookup(net, table, err, false);
     0
 }
 
@@ -318,7 +326,7 @@ fn v4_returned(tb: u64, flp: u64, res: u64, err: i32) {
         let iif: i32 = read(flp, offset!(flowi4_iif)).unwrap_or(0);
         if iif == 0 || iif == LOOPBACK_IFINDEX { current_net().unwrap_or(0) } else { 0 }
     };
-    v4_lookup(net, tb_id, err);
+    v4_lookup(net, tb_id, err, true);
 }
 
 #[fexit(function = "fib_table_lookup")]
@@ -341,7 +349,7 @@ fn push_frame(frame: [u64; 3]) {
             // Returns were missed (kretprobe maxactive): start over rather than drift.
             frames.depth = 0;
         }
-        frames.frames[frames.depth as usize & 3] = frame;
+        frames.frames[frames.depth as usize & 7] = frame;
         frames.depth += 1;
     }
 }
@@ -356,7 +364,7 @@ fn pop_frame() -> Option<[u64; 3]> {
         return None;
     }
     frames.depth -= 1;
-    Some(frames.frames[frames.depth as usize & 3])
+    Some(frames.frames[frames.depth as usize & 7])
 }
 
 #[kprobe]
@@ -376,21 +384,21 @@ pub fn routes_v4_kretprobe(ctx: RetProbeContext) -> u32 {
 // ---- IPv6 -------------------------------------------------------------------------------
 
 #[inline(always)]
-fn v6_lookup(net: u64, table: u64, res: u64) {
+fn v6_lookup(net: u64, table: u64, res: u64, rules_hooked: bool) {
     let tb_id: u32 = if table != 0 { read(table, offset!(fib6_table_id)).unwrap_or(0) } else { 0 };
     let result = v6_result(net, res);
-    record(net, tb_id, family::IPV6, result, v6_walk(net, tb_id, result));
+    record(net, tb_id, family::IPV6, result, v6_walk(net, tb_id, result, rules_hooked));
 }
 
 #[btf_tracepoint(function = "fib6_table_lookup")]
 pub fn routes_v6_tracepoint(ctx: BtfTracePointContext) -> u32 {
-    v6_lookup(ctx.arg(0), ctx.arg(2), ctx.arg(1));
+    v6_lookup(ctx.arg(0), ctx.arg(2), ctx.arg(1), false);
     0
 }
 
 #[fexit(function = "fib6_table_lookup")]
 pub fn routes_v6_fexit(ctx: FExitContext) -> u32 {
-    v6_lookup(ctx.arg(0), ctx.arg(1), ctx.arg(4));
+    v6_lookup(ctx.arg(0), ctx.arg(1), ctx.arg(4), true);
     0
 }
 
@@ -403,7 +411,77 @@ pub fn routes_v6_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn routes_v6_kretprobe(_ctx: RetProbeContext) -> u32 {
     if let Some([net, res, table]) = pop_frame() {
-        v6_lookup(net, table, res);
+        v6_lookup(net, table, res, true);
+    }
+    0
+}
+
+// ---- Policy rules (fentry / kprobe) -----------------------------------------------------
+
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+
+/// `fib_rules_lookup(struct fib_rules_ops *, struct flowi *, int flags, struct
+/// fib_lookup_arg *)` returned `err`: one whole lookup of a namespace with policy rules,
+/// counted for `family` only (each family's probe has its own program on this function;
+/// multicast routing uses it too, under families of its own).
+#[inline(always)]
+fn rules_returned(ops: u64, err: i32, family: u16) {
+    let ops_family: i32 = read(ops, offset!(fib_rules_ops_family)).unwrap_or(0);
+    let wanted = if family == family::IPV4 { AF_INET } else { AF_INET6 };
+    if ops_family != wanted {
+        return;
+    }
+    let net: u64 = read(ops, offset!(fib_rules_ops_fro_net)).unwrap_or(0);
+    let result = match err {
+        // No rule gave an answer (-ESRCH): no route.
+        -3 | -11 => result::NO_ROUTE,
+        // An `unreachable` rule action (-ENETUNREACH) or route (-EHOSTUNREACH).
+        -101 => result::UNREACHABLE,
+        other => v4_result(other),
+    };
+    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie(net) };
+    count(RouteKey { cookie, table: 0, family, kind: kind::LOOKUP }, result);
+}
+
+#[fexit(function = "fib_rules_lookup")]
+pub fn routes_v4_rules_fexit(ctx: FExitContext) -> u32 {
+    rules_returned(ctx.arg(0), ctx.arg(4), family::IPV4);
+    0
+}
+
+#[fexit(function = "fib_rules_lookup")]
+pub fn routes_v6_rules_fexit(ctx: FExitContext) -> u32 {
+    rules_returned(ctx.arg(0), ctx.arg(4), family::IPV6);
+    0
+}
+
+/// Both families' entry programs push the same frame; each return program pops one, so the
+/// stack stays balanced whichever of the two probes attached.
+#[kprobe]
+pub fn routes_v4_rules_kprobe(ctx: ProbeContext) -> u32 {
+    push_frame([ctx.arg(0).unwrap_or(0), 0, 0]);
+    0
+}
+
+#[kretprobe]
+pub fn routes_v4_rules_kretprobe(ctx: RetProbeContext) -> u32 {
+    if let Some([ops, _, _]) = pop_frame() {
+        rules_returned(ops, ctx.ret(), family::IPV4);
+    }
+    0
+}
+
+#[kprobe]
+pub fn routes_v6_rules_kprobe(ctx: ProbeContext) -> u32 {
+    push_frame([ctx.arg(0).unwrap_or(0), 0, 0]);
+    0
+}
+
+#[kretprobe]
+pub fn routes_v6_rules_kretprobe(ctx: RetProbeContext) -> u32 {
+    if let Some([ops, _, _]) = pop_frame() {
+        rules_returned(ops, ctx.ret(), family::IPV6);
     }
     0
 }

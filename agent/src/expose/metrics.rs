@@ -105,7 +105,7 @@ pub const ROUTE_UNRESOLVED: MetricDef = def(
     "netns_route_unresolved_misses_total",
     COUNTER,
     &["netns", "family"],
-    "Tables without a route consulted by lookups in a namespace with policy rules: each is a step toward a later table (whose answer netns_route_lookups_total counts) or the end of a lookup that found no route; the kernel hooks do not show which.",
+    "Tracepoint mode: tables without a route consulted by lookups in a namespace with policy rules; each is a step toward a later table (whose answer netns_route_lookups_total counts) or the end of a lookup that found no route, and no tracepoint shows which.",
 );
 pub const ROUTE_TABLE_LOOKUPS: MetricDef = def(
     "netns_route_table_lookups_total",

@@ -19,7 +19,7 @@ use crate::{
         maps::{MapError, take},
         procfs,
     },
-    model::{counters::LifecycleCounters, journal::Entry, namespaces::Creation},
+    model::{counters::LifecycleCounters, journal::Entry, namespaces::Creation, owners::Owner},
     parse::labels,
 };
 
@@ -107,7 +107,16 @@ fn base(e: &LifecycleEvent) -> Entry {
 
 /// A creation: track it, resolve who made it before the process can exit.
 fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
-    cx.model.with(|state| state.namespaces.alive(e.cookie, e.inum));
+    cx.model.with(|state| {
+        state.namespaces.alive(e.cookie, e.inum);
+        // A scan that began after the creation saw this namespace (not an earlier one with
+        // its number) though its event arrives only now: what it found is this one's owner.
+        let scanned_after = state.ownership.scanned.is_some_and(|at| at >= clock::wall(e.ts_ns));
+        if let Some(owner) = state.ownership.owners.get(&e.inum).filter(|_| scanned_after) {
+            let owner = owner.clone();
+            state.namespaces.remember_owner(e.inum, &owner);
+        }
+    });
     (cx.on_new_namespace)();
     let creator = procfs::process(cx.sources, e.pid as i32);
     // The creator's cgroup as the kernel saw it names the container even when the process
@@ -123,12 +132,22 @@ fn created(cx: &EventContext<'_>, e: &LifecycleEvent) -> Entry {
     let base = base(e);
     let pod = cx.model.with(|state| {
         if let Some(member) = member.filter(|m| m.netns == e.inum) {
+            let member_container =
+                if member.container_id.is_empty() { container_id.clone() } else { member.container_id };
+            // The process in it now is this namespace's for sure (an older scan's entry for
+            // its number may be an earlier namespace's): remembered on its own.
+            let seen = Owner {
+                main: Some(member.info.clone()),
+                processes: 1,
+                container_id: member_container.clone(),
+                ..Owner::default()
+            };
+            state.namespaces.remember_owner(e.inum, &seen);
             let owner = state.ownership.owners.entry(member.netns).or_default();
             if owner.main.is_none() {
                 owner.main = Some(member.info);
                 owner.processes = owner.processes.max(1);
-                owner.container_id =
-                    if member.container_id.is_empty() { container_id.clone() } else { member.container_id };
+                owner.container_id = member_container;
             }
         }
         state.namespaces.created(
@@ -187,6 +206,8 @@ fn first_exec(cx: &EventContext<'_>, e: &LifecycleEvent) {
         if !container_id.is_empty() {
             owner.container_id = container_id;
         }
+        let owner = owner.clone();
+        state.namespaces.remember_owner(e.inum, &owner);
     });
 }
 

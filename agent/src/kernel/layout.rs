@@ -64,6 +64,16 @@ const FIELDS: &[FieldSpec] = &[
         set: |o, v| o.net_fib6_has_custom_rules = v,
     },
     FieldSpec {
+        name: "fib_rules_ops_family",
+        paths: &["fib_rules_ops.family"],
+        set: |o, v| o.fib_rules_ops_family = v,
+    },
+    FieldSpec {
+        name: "fib_rules_ops_fro_net",
+        paths: &["fib_rules_ops.fro_net"],
+        set: |o, v| o.fib_rules_ops_fro_net = v,
+    },
+    FieldSpec {
         name: "net_fib6_null_entry",
         paths: &["net.ipv6.fib6_null_entry"],
         set: |o, v| o.net_fib6_null_entry = v,

@@ -331,6 +331,8 @@ const ROUTE_V4_FIELDS: &[&str] = &[
     "flowi4_iif",
     "net_fib_has_custom_rules",
     "net_fib_default",
+    "fib_rules_ops_family",
+    "fib_rules_ops_fro_net",
 ];
 
 static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
@@ -339,13 +341,17 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
-            hooks: &[Hook::Fexit { program: "routes_v4_fexit", functions: &["fib_table_lookup"] }],
+            hooks: &[
+                Hook::Fexit { program: "routes_v4_fexit", functions: &["fib_table_lookup"] },
+                Hook::Fexit { program: "routes_v4_rules_fexit", functions: &["fib_rules_lookup"] },
+            ],
             fields: ROUTE_V4_FIELDS,
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses by the \
                    namespace owning the table searched (known once the table has had a hit; \
                    before that an output lookup counts for the caller's namespace and an \
-                   input lookup as unknown)",
+                   input lookup as unknown); lookups under policy rules by the outcome \
+                   fib_rules_lookup returns, rule actions included",
         },
         Variant {
             mode: Mode::Tracepoint,
@@ -367,13 +373,17 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
                    received packets by the receiving device's namespace (unknown if the input \
-                   interface does not match it), other misses by the caller's namespace",
+                   interface does not match it), other misses by the caller's namespace; \
+                   under policy rules a table without a route is an unresolved miss (no \
+                   tracepoint shows the walk's end) and rule actions are not seen",
         },
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
                 Hook::Kprobe { program: "routes_v4_kprobe", functions: &["fib_table_lookup"] },
                 Hook::Kretprobe { program: "routes_v4_kretprobe", functions: &["fib_table_lookup"] },
+                Hook::Kprobe { program: "routes_v4_rules_kprobe", functions: &["fib_rules_lookup"] },
+                Hook::Kretprobe { program: "routes_v4_rules_kretprobe", functions: &["fib_rules_lookup"] },
             ],
             fields: ROUTE_V4_FIELDS,
             symbols: &[],
@@ -389,6 +399,8 @@ const ROUTE_V6_FIELDS: &[&str] = &[
     "net_fib6_null_entry",
     "net_cookie",
     "net_fib6_has_custom_rules",
+    "fib_rules_ops_family",
+    "fib_rules_ops_fro_net",
 ];
 
 static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
@@ -397,10 +409,14 @@ static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
-            hooks: &[Hook::Fexit { program: "routes_v6_fexit", functions: &["fib6_table_lookup"] }],
+            hooks: &[
+                Hook::Fexit { program: "routes_v6_fexit", functions: &["fib6_table_lookup"] },
+                Hook::Fexit { program: "routes_v6_rules_fexit", functions: &["fib_rules_lookup"] },
+            ],
             fields: ROUTE_V6_FIELDS,
             symbols: &[],
-            sees: "every fib6_table_lookup, by its net argument (exact)",
+            sees: "every fib6_table_lookup, by its net argument (exact); lookups under policy \
+                   rules by the outcome fib_rules_lookup returns",
         },
         Variant {
             mode: Mode::Tracepoint,
@@ -410,13 +426,16 @@ static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
             }],
             fields: ROUTE_V6_FIELDS,
             symbols: &[],
-            sees: "fib6:fib6_table_lookup, by its net argument (exact)",
+            sees: "fib6:fib6_table_lookup, by its net argument (exact); under policy rules a \
+                   table without a route is an unresolved miss",
         },
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
                 Hook::Kprobe { program: "routes_v6_kprobe", functions: &["fib6_table_lookup"] },
                 Hook::Kretprobe { program: "routes_v6_kretprobe", functions: &["fib6_table_lookup"] },
+                Hook::Kprobe { program: "routes_v6_rules_kprobe", functions: &["fib_rules_lookup"] },
+                Hook::Kretprobe { program: "routes_v6_rules_kretprobe", functions: &["fib_rules_lookup"] },
             ],
             fields: ROUTE_V6_FIELDS,
             symbols: &[],

@@ -191,28 +191,38 @@ impl NamespaceTable {
         self.by_cookie.get(&cookie)
     }
 
-    /// Remembers the owners of the namespaces still alive, from a fresh scan. What a scan no
-    /// longer sees is kept: a container's process usually exits before its namespace is torn
-    /// down, and the labels a destroyed namespace keeps should name who it was.
+    /// Remembers the owners of the namespaces still alive, from a fresh scan.
     pub fn remember_owners(&mut self, owners: &HashMap<u32, Owner>) {
-        for ns in self.by_cookie.values_mut().filter(|ns| ns.destroyed_at.is_none()) {
-            let Some(owner) = owners.get(&ns.inum) else { continue };
-            let merged = match ns.last_owner.take() {
-                None => owner.clone(),
-                Some(last) => {
-                    let keep = |new: &String, old: String| if new.is_empty() { old } else { new.clone() };
-                    Owner {
-                        names: if owner.names.is_empty() { last.names } else { owner.names.clone() },
-                        main: owner.main.clone().or(last.main),
-                        processes: owner.processes,
-                        container_id: keep(&owner.container_id, last.container_id),
-                        pod: keep(&owner.pod, last.pod),
-                        pod_namespace: keep(&owner.pod_namespace, last.pod_namespace),
-                    }
-                }
-            };
-            ns.last_owner = Some(merged);
+        for (inum, owner) in owners {
+            self.remember_owner(*inum, owner);
         }
+    }
+
+    /// Remembers what is known of the owner of the live namespace numbered `inum` (a scan,
+    /// or a process seen entering it). What a later look no longer sees is kept: a
+    /// container's process usually exits before its namespace is torn down, and the labels a
+    /// destroyed namespace keeps should name who it was.
+    pub fn remember_owner(&mut self, inum: u32, owner: &Owner) {
+        let Some(cookie) = self.by_inum.get(&inum) else { return };
+        let Some(ns) = self.by_cookie.get_mut(cookie) else { return };
+        if ns.destroyed_at.is_some() {
+            return;
+        }
+        let merged = match ns.last_owner.take() {
+            None => owner.clone(),
+            Some(last) => {
+                let keep = |new: &String, old: String| if new.is_empty() { old } else { new.clone() };
+                Owner {
+                    names: if owner.names.is_empty() { last.names } else { owner.names.clone() },
+                    main: owner.main.clone().or(last.main),
+                    processes: owner.processes,
+                    container_id: keep(&owner.container_id, last.container_id),
+                    pod: keep(&owner.pod, last.pod),
+                    pod_namespace: keep(&owner.pod_namespace, last.pod_namespace),
+                }
+            }
+        };
+        ns.last_owner = Some(merged);
     }
 
     /// Every namespace tracked one by one (alive or within its grace period).
