@@ -7,8 +7,11 @@ use std::{
     path::Path,
 };
 
-/// Oldest kernel the agent runs on: the BPF ring buffer arrived in 5.8.
-pub const MIN_KERNEL: (u32, u32) = (5, 8);
+/// Oldest kernel the agent runs on. The BPF ring buffer arrived in 5.8, but namespaces are
+/// keyed by `net_cookie`, which only 5.14 and newer set at creation: before, it stays 0 until
+/// something asks for it, so every namespace would be counted as one (verified on Debian 11's
+/// 5.10). Refusing is better than numbers that look right and are not.
+pub const MIN_KERNEL: (u32, u32) = (5, 14);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -28,7 +31,8 @@ pub enum HostError {
     )]
     NoPtrace { path: String, reason: String },
     #[error(
-        "kernel {release} is too old: netns-agent needs Linux {}.{} or newer (BPF ring buffer)",
+        "kernel {release} is too old: netns-agent needs Linux {}.{} or newer (older kernels give \
+         a namespace its net_cookie only when asked, so every namespace would count as one)",
         MIN_KERNEL.0,
         MIN_KERNEL.1
     )]
@@ -242,8 +246,9 @@ mod tests {
     fn old_kernels_are_refused_with_the_minimum_named() {
         let err = check_kernel_version("5.4.0-150-generic").unwrap_err().to_string();
         assert!(err.contains("5.4.0-150-generic is too old"), "{err}");
-        assert!(err.contains("5.8 or newer"), "{err}");
-        assert!(check_kernel_version("5.8.0").is_ok());
+        assert!(err.contains("5.14 or newer"), "{err}");
+        assert!(check_kernel_version("5.10.0-30-amd64").is_err(), "net_cookie is 0 until asked on 5.10");
+        assert!(check_kernel_version("5.14.0").is_ok());
         assert!(check_kernel_version("6.18.44").is_ok());
         assert!(check_kernel_version("unknown").is_ok());
     }
