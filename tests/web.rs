@@ -186,3 +186,88 @@ fn a_malformed_web_config_is_a_one_line_start_error() -> Result<()> {
     }
     Ok(())
 }
+
+/// One raw HTTP/1.1 request; the status line's code, or the error.
+fn raw_status(port: u16, request: &[u8]) -> Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10) * netns_agent_e2e::slowdown()))?;
+    stream.write_all(request)?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split(' ').nth(1).and_then(|code| code.parse().ok()).with_context(|| format!("status line {line:?}"))
+}
+
+/// Hostile and careless clients: oversized request lines and headers, bad query parameters,
+/// unknown paths, a client that trickles its headers, and 64 clients at once. Every answer
+/// is the right status, and nothing delays the scrapes of others.
+#[test]
+fn abusive_clients_get_clear_statuses_and_do_not_delay_scrapes() -> Result<()> {
+    use std::io::Write as _;
+    let agent = netns_agent_e2e::Agent::start()?;
+    let port = agent.port;
+    let request = |target: &str, headers: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+    };
+    ensure!(raw_status(port, &request("/metrics", ""))? == 200, "a plain scrape");
+    let long_target = format!("/metrics?{}", "a".repeat(70_000));
+    ensure!(raw_status(port, &request(&long_target, ""))? == 414, "an oversized request line is 414");
+    let many: String = (0..600).map(|i| format!("X-Filler-{i}: {}\r\n", "b".repeat(1000))).collect();
+    ensure!(raw_status(port, &request("/metrics", &many))? == 431, "oversized headers are 431");
+    ensure!(raw_status(port, &request("/api/v1/namespaces?pid=abc", ""))? == 400, "a bad query is 400");
+    let (code, body) = netns_agent_e2e::http_get_status(port, "/api/v1/events?limit=abc")?;
+    ensure!(code == 400 && body.contains("limit"), "the 400 names the parameter: {code} {body:?}");
+    ensure!(raw_status(port, &request("/no/such/path", ""))? == 404, "an unknown path is 404");
+
+    // A client that sends a byte of its headers now and then holds its own connection only.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")?;
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..20 {
+            if slow.write_all(b"a").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let started = std::time::Instant::now();
+    ensure!(raw_status(port, &request("/metrics", ""))? == 200, "a scrape beside a slow client");
+    let beside = started.elapsed();
+    ensure!(beside < Duration::from_secs(2) * netns_agent_e2e::slowdown(), "a scrape waited {beside:?}");
+
+    // 64 scrapers and API clients at once for a few seconds: no error; latencies reported.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let workers: Vec<_> = (0..64)
+        .map(|i| {
+            let path = if i % 2 == 0 { "/metrics" } else { "/api/v1/namespaces" };
+            let req = request(path, "");
+            std::thread::spawn(move || -> Result<Vec<Duration>> {
+                let mut latencies = Vec::new();
+                while std::time::Instant::now() < until {
+                    let t = std::time::Instant::now();
+                    let code = raw_status(port, &req)?;
+                    ensure!(code == 200, "{path}: {code}");
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+    }
+    let _ = trickle.join();
+    all.sort();
+    let p = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    println!(
+        "64 clients for 5 s: {} requests, p50 {:?}, p99 {:?}, max {:?}",
+        all.len(),
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+    ensure!(all.len() >= 64, "only {} requests answered", all.len());
+    Ok(())
+}
