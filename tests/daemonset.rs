@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use netns_agent_e2e::{Metrics, free_port, http_get, run, unique, wait_for};
+use netns_agent_e2e::{HeldBy, Metrics, OrphanedNetns, free_port, http_get, run, unique, wait_for};
 use yaml_rust2::Yaml;
 
 fn repo() -> PathBuf {
@@ -594,15 +594,41 @@ fn agent_works(agent: &Container, port: u16) -> Result<String> {
         "side container netns name {:?}, expected {sandbox}",
         s["name"]
     );
+    let holders = leak_holders_named(port)?;
     Ok(format!(
         "{} probes attached ({}); created +1 for {} and +1 for the side container ({:?}); side container \
-         attributed pid {side_pid} comm {comm} container_id {}..",
+         attributed pid {side_pid} comm {comm} container_id {}..; {holders}",
         probes.len(),
         probes.iter().map(|(p, m)| format!("{p}={}", m[0])).collect::<Vec<_>>().join(", "),
         ip.comm,
         engine_comms,
         &side_id[..12],
     ))
+}
+
+/// Two namespaces held only by processes of another user (`nobody`), one by a socket made in
+/// it, one by an nsfs descriptor: the agent names both holders (the README's leak walk-through,
+/// as deployed).
+fn leak_holders_named(port: u16) -> Result<String> {
+    let mut named = Vec::new();
+    for held_by in [HeldBy::Socket, HeldBy::NetnsFd] {
+        let (holder, inode) = OrphanedNetns::held_by(held_by)?.give_to_nobody()?;
+        let expected =
+            serde_json::json!([{"pid": holder.pid(), "comm": "sleep", "fd": 3, "kind": held_by.kind()}]);
+        wait_for(&format!("the {} holding {inode} named", held_by.kind()), Duration::from_secs(30), || {
+            let body = http_get(port, "/api/v1/namespaces")?;
+            let all: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+            Ok(all.into_iter().find(|v| v["netns"] == inode && v["holders"] == expected))
+        })
+        .with_context(|| {
+            let body = http_get(port, "/api/v1/namespaces").unwrap_or_default();
+            let all: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+            let view = all.into_iter().find(|v| v["netns"] == inode);
+            format!("expected holders {expected}; the agent shows {view:?}")
+        })?;
+        named.push(format!("pid {} {}", holder.pid(), held_by.kind()));
+    }
+    Ok(format!("leak holders of user nobody named ({})", named.join(", ")))
 }
 
 /// Deletes an `ip netns` name on drop.

@@ -72,6 +72,12 @@ impl Agent {
     }
 
     pub fn start_with(extra: &[&str]) -> Result<Self> {
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Starts the agent under `wrapper` (a command that execs the rest of its command line,
+    /// as `setpriv ... --` does), with `extra` arguments to `run`.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let port = free_port();
         let log = std::env::temp_dir().join(format!(
@@ -79,7 +85,15 @@ impl Agent {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = Command::new(agent_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(agent_bin());
+                cmd
+            }
+            None => Command::new(agent_bin()),
+        };
+        let child = cmd
             .args(["run", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::null())
@@ -719,19 +733,48 @@ impl Agent {
     }
 }
 
-/// A namespace held only by a socket: a child process creates it, sends a socket made in
-/// it to this process over a unix socket, and exits. Closing the socket (drop) frees it.
+/// A namespace held only by one file descriptor: a child process creates it, sends a socket
+/// made in it (or an nsfs descriptor of it) to this process over a unix socket, and exits.
+/// Closing the descriptor (drop) frees it.
 pub struct OrphanedNetns {
-    pub socket: std::os::fd::OwnedFd,
+    pub fd: std::os::fd::OwnedFd,
     pub inode: u64,
 }
 
+/// What holds an [`OrphanedNetns`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// A UDP socket created in the namespace (what the agent shows as `socket`).
+    Socket,
+    /// An open `/proc/self/ns/net` of the namespace (`netns fd`).
+    NetnsFd,
+}
+
+impl HeldBy {
+    /// The holder kind the agent reports.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Socket => "socket",
+            Self::NetnsFd => "netns fd",
+        }
+    }
+}
+
 impl OrphanedNetns {
+    /// Held by a socket.
     pub fn make() -> Result<Self> {
+        Self::held_by(HeldBy::Socket)
+    }
+
+    pub fn held_by(held_by: HeldBy) -> Result<Self> {
         use std::os::fd::{AsRawFd as _, FromRawFd as _};
         let mut pair = [0i32; 2];
         // SAFETY: socketpair fills the two fds.
-        ensure!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, pair.as_mut_ptr()) } == 0);
+        ensure!(
+            unsafe {
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr())
+            } == 0
+        );
         // SAFETY: fresh fds we own.
         let (ours, theirs) = unsafe {
             (std::os::fd::OwnedFd::from_raw_fd(pair[0]), std::os::fd::OwnedFd::from_raw_fd(pair[1]))
@@ -744,8 +787,11 @@ impl OrphanedNetns {
                 if libc::unshare(libc::CLONE_NEWNET) != 0 {
                     libc::_exit(1);
                 }
-                let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                if sock < 0 || send_fd(theirs.as_raw_fd(), sock) != 0 {
+                let fd = match held_by {
+                    HeldBy::Socket => libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0),
+                    HeldBy::NetnsFd => libc::open(c"/proc/self/ns/net".as_ptr(), libc::O_RDONLY),
+                };
+                if fd < 0 || send_fd(theirs.as_raw_fd(), fd) != 0 {
                     libc::_exit(2);
                 }
                 libc::_exit(0);
@@ -757,15 +803,46 @@ impl OrphanedNetns {
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         ensure!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {status:#x}");
-        let socket = recv_fd(ours.as_raw_fd())?;
-        // SAFETY: SIOCGSKNS returns a new fd of the socket's namespace.
-        let ns = unsafe { libc::ioctl(socket.as_raw_fd(), 0x894C) };
-        ensure!(ns >= 0, "SIOCGSKNS: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh fd we own; closed at the end of this scope.
-        let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
+        let fd = recv_fd(ours.as_raw_fd())?;
         use std::os::unix::fs::MetadataExt as _;
-        let inode = ns.metadata()?.ino();
-        Ok(Self { socket, inode })
+        let inode = match held_by {
+            HeldBy::Socket => {
+                // SAFETY: SIOCGSKNS returns a new fd of the socket's namespace.
+                let ns = unsafe { libc::ioctl(fd.as_raw_fd(), 0x894C) };
+                ensure!(ns >= 0, "SIOCGSKNS: {}", std::io::Error::last_os_error());
+                // SAFETY: a fresh fd we own; closed at the end of this scope.
+                let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
+                ns.metadata()?.ino()
+            }
+            HeldBy::NetnsFd => std::fs::File::from(fd.try_clone()?).metadata()?.ino(),
+        };
+        Ok(Self { fd, inode })
+    }
+
+    /// Hands the descriptor to a new process running as `nobody` (uid and gid 65534), as its
+    /// fd 3, and closes ours: the namespace is then held by another user's process only.
+    pub fn give_to_nobody(self) -> Result<(ChildProcess, u64)> {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let fd = self.fd.as_raw_fd();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sleep", "600"]);
+        // SAFETY: dup2 and fcntl are async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // fd 3 without close-on-exec, and no other copy.
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if fd != 3 {
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.stdin(Stdio::null()).spawn().context("setpriv (util-linux)")?;
+        let inode = self.inode;
+        drop(self);
+        Ok((ChildProcess(child), inode))
     }
 }
 
@@ -803,7 +880,11 @@ fn recv_fd(from: i32) -> Result<std::os::fd::OwnedFd> {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = control.len();
-        ensure!(libc::recvmsg(from, &mut msg, 0) == 1, "recvmsg: {}", std::io::Error::last_os_error());
+        ensure!(
+            libc::recvmsg(from, &mut msg, libc::MSG_CMSG_CLOEXEC) == 1,
+            "recvmsg: {}",
+            std::io::Error::last_os_error()
+        );
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         ensure!(!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS, "no fd received");
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());

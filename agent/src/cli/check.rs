@@ -12,6 +12,7 @@ use crate::{
         inventory::Inventory,
         layout::ResolvedField,
         loader::{self, Prepared},
+        privileges,
         probes::Mode,
     },
 };
@@ -61,6 +62,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
         }
     };
     let _ = writeln!(out, "inventory     {inventory}");
+    let _ = writeln!(out, "capabilities  {}", capabilities(privileges::own_caps()));
     let _ = writeln!(out);
 
     for outcome in &outcomes {
@@ -89,6 +91,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
         Policy::Force(mode) => o.attempts.iter().any(|(m, r)| *m == mode && r.is_ok()),
     });
     Ok((out, usable))
+}
+
+/// Which of the capabilities the agent uses are granted, and what the missing ones cost.
+fn capabilities(caps: u64) -> String {
+    let missing: Vec<&privileges::Use> = privileges::USES.iter().filter(|u| !u.cap.is_in(caps)).collect();
+    let kept = privileges::names(caps & privileges::running_set()).join(", ");
+    if missing.is_empty() {
+        return format!("all {} the agent uses; after start-up it keeps {kept}", privileges::USES.len());
+    }
+    let lines: Vec<String> =
+        missing.iter().map(|u| format!("without {}: {}", u.cap.name, u.without)).collect();
+    lines.join("\n              ")
 }
 
 fn missing_fields(fields: &[ResolvedField]) -> String {

@@ -111,7 +111,7 @@ pub fn table(rows: &[Row<'_>], wide: bool) -> String {
             );
             cells.push(format!("{}/{}", ns.devices_moved_in, ns.devices_moved_out));
             cells.push(if ns.holders.is_empty() {
-                "-".into()
+                if ns.holders_unchecked_processes > 0 { "unknown".into() } else { "-".into() }
             } else {
                 ns.holders
                     .iter()
@@ -171,18 +171,21 @@ pub fn describe(ns: &NamespaceView, journal: &[Entry]) -> String {
         ),
     );
     field("route lookups", format!("{} ({} failed)", ns.route_lookups, ns.route_failures));
-    field(
-        "held by",
-        if ns.holders.is_empty() {
-            "-".into()
-        } else {
-            ns.holders
-                .iter()
-                .map(|h| format!("pid {} ({}) {} {}", h.pid, h.comm.escape_debug(), h.kind, h.fd))
-                .collect::<Vec<_>>()
-                .join("; ")
-        },
-    );
+    field("held by", {
+        let found = ns
+            .holders
+            .iter()
+            .map(|h| format!("pid {} ({}) {} {}", h.pid, h.comm.escape_debug(), h.kind, h.fd))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let unchecked = ns.holders_unchecked_processes;
+        match (found.is_empty(), unchecked) {
+            (true, 0) => "-".into(),
+            (false, 0) => found,
+            (true, n) => format!("unknown: {n} processes could not be checked (see `netns-agent check`)"),
+            (false, n) => format!("{found}; maybe more: {n} processes could not be checked"),
+        }
+    });
     let _ = writeln!(out, "\njournal:");
     if journal.is_empty() {
         let _ = writeln!(out, "  (nothing recorded since the agent started)");

@@ -93,7 +93,13 @@ impl Agent {
                 }
             }
             state.namespaces.remember_owners(&owners);
-            state.ownership = Ownership { owners, holders, scanned: Some(started) };
+            state.ownership = Ownership {
+                owners,
+                holders: holders.found,
+                holders_searched: orphaned,
+                holders_unchecked: holders.unchecked,
+                scanned: Some(started),
+            };
         });
         self.scanned.store(true, std::sync::atomic::Ordering::Release);
         // A scan allocates and frees a map per process; give the pages back to the system.

@@ -79,21 +79,77 @@ pub type Reload = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + Sync>;
 
 /// Runs the agent until SIGINT/SIGTERM, on its own runtime.
 pub fn run(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
+    // Start-up runs on this thread alone (a runtime without worker threads), then the
+    // capabilities only start-up needs are dropped, then the runtime's threads start:
+    // capabilities are per thread and a thread inherits its creator's, so every thread the
+    // agent runs afterwards has the reduced set.
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?
+        .block_on(start(&settings))?;
+    drop_start_up_caps();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?
-        .block_on(serve(settings, reload))
+        .block_on(serve(started, settings, reload))
 }
 
-async fn serve(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
-    // SIGHUP's default action ends the process: handle it before the slow start-up.
-    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
+/// Drops the capabilities running does not need, and says what is kept and why.
+fn drop_start_up_caps() {
+    use crate::kernel::privileges;
+    if let Some(threads) = privileges::thread_count().filter(|n| *n > 1) {
+        // Should not happen: the other threads would keep every capability.
+        log::warn!("{threads} threads before dropping capabilities: only this one drops them");
+    }
+    match privileges::drop_start_up_caps() {
+        Ok(dropped) => log::info!(
+            "capabilities after start-up: {} kept (reading maps, naming processes and holders); {} dropped",
+            join_or_none(&privileges::names(dropped.kept)),
+            if dropped.dropped == 0 {
+                "none".to_owned()
+            } else {
+                format!("{} others", dropped.dropped.count_ones())
+            },
+        ),
+        Err(err) => {
+            log::warn!("cannot drop the capabilities only start-up needs ({err}); running with all of them")
+        }
+    }
+}
+
+fn join_or_none(names: &[&str]) -> String {
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+}
+
+/// What start-up made, for the tasks to run with.
+struct Started {
+    /// Installs the SIGHUP handler before the slow start-up (its default action ends the process).
+    hangup_handled: bool,
+    http_options: expose::http::Options,
+    /// Bound on the start-up runtime, moved to the serving one.
+    listener: std::net::TcpListener,
+    outcomes: Vec<ProbeOutcome>,
+    release: String,
+    maps: FamilyMaps,
+    stream: EventStream,
+    namespaces: NamespaceTable,
+    inventory: Option<Inventory>,
+    events_file: Option<EventsFile>,
+    ebpf: aya::Ebpf,
+}
+
+/// Binds, loads, attaches and seeds: everything that needs start-up's capabilities.
+async fn start(settings: &Settings) -> Result<Started, DaemonError> {
+    // SIGHUP's default action ends the process: handle it before the slow start-up. The
+    // handler stays installed for the process; the serving runtime listens for it again.
+    let hangup_handled = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(_) => true,
         Err(err) => {
             log::warn!("cannot handle SIGHUP ({err}): it will end the agent, not reload its config");
-            None
+            false
         }
     };
     // The web config and the port first: a mistake there should fail before any probe
@@ -107,10 +163,21 @@ async fn serve(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
         disable_api: settings.web_disable_api,
         telemetry_path: settings.telemetry_path.clone(),
     };
-    let listener = expose::http::bind(settings.listen).await?;
+    let listener = expose::http::bind(settings.listen)
+        .await?
+        .into_std()
+        .map_err(|err| expose::http::ListenError::new(settings.listen, err.to_string()))?;
     // Loading first (the usual missing privilege), then what attribution needs.
     host::check_privileges().map_err(LoadError::from)?;
     host::check_proc_access(&settings.sources.proc_root).map_err(LoadError::from)?;
+    for degraded in crate::kernel::privileges::degraded(crate::kernel::privileges::own_caps()) {
+        log::warn!(
+            "without {} ({}): {}; grant it to the agent (the shipped unit and DaemonSet do)",
+            degraded.cap.name,
+            degraded.what,
+            degraded.without
+        );
+    }
     let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
     log::info!(
@@ -144,6 +211,48 @@ async fn serve(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
         Some(path) => Some(EventsFile::open(path, settings.events_file_max_bytes)?),
         None => None,
     };
+    Ok(Started {
+        hangup_handled,
+        http_options,
+        listener,
+        outcomes,
+        release,
+        maps,
+        stream,
+        namespaces,
+        inventory,
+        events_file,
+        ebpf,
+    })
+}
+
+async fn serve(started: Started, settings: Settings, reload: Reload) -> Result<(), DaemonError> {
+    let Started {
+        hangup_handled,
+        http_options,
+        listener,
+        outcomes,
+        release,
+        maps,
+        stream,
+        namespaces,
+        inventory,
+        events_file,
+        ebpf,
+    } = started;
+    let hangups = if hangup_handled {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(err) => {
+                log::warn!("cannot handle SIGHUP ({err}): it will not reload the config");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|err| expose::http::ListenError::new(settings.listen, err.to_string()))?;
     let agent: Shared = Arc::new(Agent {
         facts: AgentFacts {
             version: env!("CARGO_PKG_VERSION"),

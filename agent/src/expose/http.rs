@@ -30,6 +30,12 @@ pub struct ListenError {
     reason: String,
 }
 
+impl ListenError {
+    pub fn new(addr: SocketAddr, reason: String) -> Self {
+        Self { addr, reason }
+    }
+}
+
 /// Binds the listen address, with an error that says what to do about it.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr).await.map_err(|err| {

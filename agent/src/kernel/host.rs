@@ -65,42 +65,21 @@ pub fn check_kernel_version(release: &str) -> Result<(), HostError> {
     }
 }
 
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// The effective capability set from a `/proc/PID/status` text.
-pub fn effective_caps(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-}
+use super::privileges::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, own_caps};
 
 /// True if `caps` allow loading and attaching tracing programs.
 pub fn caps_allow_bpf(caps: u64) -> bool {
-    let has = |cap: u32| caps & (1 << cap) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
-}
-
-/// This process's effective capabilities (none when they cannot be read).
-fn own_caps() -> u64 {
-    effective_caps(&fs::read_to_string("/proc/self/status").unwrap_or_default()).unwrap_or(0)
+    CAP_SYS_ADMIN.is_in(caps) || (CAP_BPF.is_in(caps) && CAP_PERFMON.is_in(caps))
 }
 
 /// The capabilities loading needs that `caps` lacks, named.
 pub fn missing_bpf_caps(caps: u64) -> Vec<&'static str> {
-    let has = |cap: u32| caps & (1 << cap) != 0;
     if caps_allow_bpf(caps) {
         return Vec::new();
     }
-    let mut missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(cap, _)| !has(*cap))
-        .map(|(_, name)| name)
-        .collect();
-    missing.push("CAP_SYS_ADMIN");
+    let mut missing: Vec<&str> =
+        [CAP_BPF, CAP_PERFMON].into_iter().filter(|cap| !cap.is_in(caps)).map(|cap| cap.name).collect();
+    missing.push(CAP_SYS_ADMIN.name);
     missing
 }
 
@@ -115,7 +94,7 @@ pub fn check_privileges() -> Result<(), HostError> {
     let tracefs_mounted = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
         .any(|dir| Path::new(dir).join("events").is_dir());
-    if !tracefs_mounted && caps & (1 << CAP_SYS_ADMIN) == 0 {
+    if !tracefs_mounted && !CAP_SYS_ADMIN.is_in(caps) {
         return Err(HostError::NoTracefs);
     }
     Ok(())
@@ -127,8 +106,7 @@ pub fn check_proc_access(proc_root: &Path) -> Result<(), HostError> {
     let path = proc_root.join("1/ns/net");
     match fs::metadata(&path) {
         Err(err)
-            if err.kind() == std::io::ErrorKind::PermissionDenied
-                && own_caps() & (1 << CAP_SYS_PTRACE) == 0 =>
+            if err.kind() == std::io::ErrorKind::PermissionDenied && !CAP_SYS_PTRACE.is_in(own_caps()) =>
         {
             Err(HostError::NoPtrace { path: path.display().to_string(), reason: err.to_string() })
         }
@@ -232,6 +210,7 @@ pub fn wait_for_termination() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::privileges::effective_caps;
 
     #[test]
     fn versions_parse_from_distribution_releases() {
@@ -257,12 +236,12 @@ mod tests {
     fn capabilities_are_read_from_status() {
         let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
         let nobody = "Name:\tx\nCapEff:\t0000000000000000\n";
-        let bpf_only = format!("CapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1 << CAP_PERFMON));
+        let bpf_only = format!("CapEff:\t{:016x}\n", CAP_BPF.mask() | CAP_PERFMON.mask());
         assert!(caps_allow_bpf(effective_caps(root).unwrap()));
         assert!(!caps_allow_bpf(effective_caps(nobody).unwrap()));
         assert!(caps_allow_bpf(effective_caps(&bpf_only).unwrap()));
-        assert!(missing_bpf_caps(1 << CAP_SYS_ADMIN).is_empty());
-        assert_eq!(missing_bpf_caps(1 << CAP_BPF), vec!["CAP_PERFMON", "CAP_SYS_ADMIN"]);
+        assert!(missing_bpf_caps(CAP_SYS_ADMIN.mask()).is_empty());
+        assert_eq!(missing_bpf_caps(CAP_BPF.mask()), vec!["CAP_PERFMON", "CAP_SYS_ADMIN"]);
         assert_eq!(missing_bpf_caps(0), vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
         assert_eq!(effective_caps("no caps here"), None);
     }

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod layout;
 pub mod loader;
 pub mod maps;
+pub mod privileges;
 pub mod probes;
 pub mod procfs;
 pub mod ring;

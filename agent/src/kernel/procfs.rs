@@ -146,72 +146,117 @@ pub struct Holder {
 /// `SIOCGSKNS`: an ioctl on a socket that returns a file descriptor of its namespace.
 const SIOCGSKNS: libc::c_ulong = 0x894C;
 
+/// What [`find_holders`] found, and what it could not look at.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Holders {
+    pub found: HashMap<u32, Vec<Holder>>,
+    /// Processes whose file descriptors could not all be checked for want of a permission
+    /// (another user's fd table without CAP_DAC_READ_SEARCH, a socket's namespace without
+    /// CAP_NET_ADMIN, a process the agent may not trace): with any, a namespace with no holder
+    /// found has an unknown one.
+    pub unchecked: u32,
+}
+
 /// Finds processes holding the namespaces `targets` through a file descriptor: an nsfs
 /// descriptor of the namespace, or a socket created in it. A socket's namespace is asked
 /// of the socket itself (duplicated with pidfd_getfd, SIOCGSKNS), and every duplicate is
-/// closed at once: the agent holds nothing past this call.
-pub fn find_holders(sources: &Sources, targets: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
-    let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
+/// closed at once: the agent holds nothing past this call. A process that exits meanwhile
+/// is skipped; a process that permissions hide, wholly or in part, is counted in
+/// [`Holders::unchecked`].
+pub fn find_holders(sources: &Sources, targets: &HashSet<u32>) -> Holders {
+    let mut holders = Holders::default();
     if targets.is_empty() {
-        return found;
+        return holders;
     }
+    let denied = |err: &std::io::Error| err.kind() == std::io::ErrorKind::PermissionDenied;
     let nsfs_dev = std::fs::metadata(sources.proc_root.join("self/ns/net")).ok().map(|m| m.dev());
     for pid in pids(sources) {
         let dir = sources.proc_root.join(pid.to_string());
-        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else { continue };
+        // Whether a permission hid some of this process's descriptors.
+        let mut hidden = false;
+        let fds = match std::fs::read_dir(dir.join("fd")) {
+            Ok(fds) => fds,
+            Err(err) => {
+                if denied(&err) {
+                    log::debug!("holders: cannot list {}/fd: {err}", dir.display());
+                    holders.unchecked += 1;
+                }
+                continue;
+            }
+        };
         let comm = std::fs::read(dir.join("comm"))
             .map(|c| labels::from_bytes(c.trim_ascii_end()))
             .unwrap_or_default();
         let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
         for fd in fds.flatten() {
             let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            let link = match std::fs::read_link(fd.path()) {
+                Ok(link) => link,
+                Err(err) => {
+                    hidden |= denied(&err);
+                    continue;
+                }
+            };
             let (inum, kind) = if link.to_string_lossy().starts_with("socket:[") {
                 let pidfd = pidfd.get_or_insert_with(|| open_pidfd(pid));
-                (pidfd.as_ref().and_then(|p| socket_netns(p, fd_num)), "socket")
+                let Some(pidfd) = pidfd.as_ref() else { continue };
+                match socket_netns(pidfd, fd_num) {
+                    Ok(inum) => (inum, "socket"),
+                    Err(err) => {
+                        hidden |= denied(&err);
+                        continue;
+                    }
+                }
             } else {
                 // An nsfs file, however it was opened (/proc/PID/ns/net, an ip netns path
                 // since unmounted): stat through the fd, which opens nothing.
                 match std::fs::metadata(fd.path()) {
                     Ok(meta) if Some(meta.dev()) == nsfs_dev => (u32::try_from(meta.ino()).ok(), "netns fd"),
-                    _ => continue,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        hidden |= denied(&err);
+                        continue;
+                    }
                 }
             };
             if let Some(inum) = inum.filter(|i| targets.contains(i)) {
-                found.entry(inum).or_default().push(Holder { pid, comm: comm.clone(), fd: fd_num, kind });
+                holders.found.entry(inum).or_default().push(Holder {
+                    pid,
+                    comm: comm.clone(),
+                    fd: fd_num,
+                    kind,
+                });
             }
         }
+        if hidden {
+            log::debug!("holders: some file descriptors of pid {pid} cannot be checked (permission denied)");
+            holders.unchecked += 1;
+        }
     }
-    found
+    holders
 }
 
+/// A pidfd of `pid`; `None` if it has exited.
 fn open_pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a fresh fd nobody else owns; OwnedFd closes it on drop.
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
-/// The namespace inode of socket `fd` of the process behind `pidfd`.
-fn socket_netns(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Option<u32> {
+/// The namespace inode of socket `fd` of the process behind `pidfd` (`None`: not a socket
+/// with a namespace); permission errors are returned as such.
+fn socket_netns(pidfd: &std::os::fd::OwnedFd, fd: i32) -> std::io::Result<Option<u32>> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _};
-    // SAFETY: pidfd_getfd takes plain integers and duplicates the target's fd into ours, or fails.
-    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if dup < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd nobody else owns; dropping it closes it.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup as i32) };
-    // SAFETY: SIOCGSKNS takes no argument and returns a new fd of the socket's namespace, or fails.
+    let socket = rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())?;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd of the socket's namespace, or
+    // fails. (rustix's ioctl wrappers discard an ioctl's return value, which is the fd here.)
     let ns = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
-    drop(socket);
     if ns < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
+    drop(socket);
     // SAFETY: a fresh fd nobody else owns; the File closes it on drop.
     let ns = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) });
-    ns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok())
+    Ok(ns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok()))
 }
 
 /// Container ids by cgroup id (the v2 cgroup's inode number, what `bpf_get_current_cgroup_id`

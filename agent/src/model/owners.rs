@@ -5,7 +5,7 @@
 //! for a container, the container's init; for `ip netns exec`, the first command started.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     time::SystemTime,
 };
 
@@ -39,6 +39,10 @@ pub struct Ownership {
     pub owners: HashMap<u32, Owner>,
     /// Processes holding orphaned namespaces by a file descriptor.
     pub holders: HashMap<u32, Vec<Holder>>,
+    /// The namespaces the holder search looked for (those orphaned when it ran).
+    pub holders_searched: HashSet<u32>,
+    /// Processes the holder search could not fully check (see `procfs::Holders`).
+    pub holders_unchecked: u32,
     /// When the scan began.
     pub scanned: Option<SystemTime>,
 }

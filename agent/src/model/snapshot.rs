@@ -160,6 +160,13 @@ impl Model {
                                     .collect()
                             })
                             .unwrap_or_default(),
+                        holders_unchecked_processes: if s == State::Orphaned
+                            && ownership.holders_searched.contains(&ns.inum)
+                        {
+                            ownership.holders_unchecked
+                        } else {
+                            0
+                        },
                     }
                 })
                 .collect();

@@ -56,6 +56,11 @@ pub struct NamespaceView {
     pub route_failures: u64,
     /// What holds an orphaned namespace, where found.
     pub holders: Vec<HolderView>,
+    /// For an orphaned namespace: processes on the host whose file descriptors the agent was
+    /// not permitted to check (a missing capability; `check` says which). Holders beyond `holders` may hide
+    /// there: with none found, the holder is unknown rather than absent.
+    #[serde(default)]
+    pub holders_unchecked_processes: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
