@@ -281,3 +281,179 @@ fn on_call_output_into_a_closed_pipe_ends_quietly() -> Result<()> {
     ensure!(out.status.success() && stderr.is_empty(), "{}: {stderr}", out.status);
     Ok(())
 }
+
+/// The seqs of the events file's lines, oldest first; an error names a line that is not a
+/// whole JSON object.
+fn file_seqs(path: &std::path::Path) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not JSON: {line:?}", path.display(), i + 1))?;
+            v["seq"].as_u64().with_context(|| format!("line {}: no seq: {line}", i + 1))
+        })
+        .collect()
+}
+
+/// A tmpfs mounted for one test, unmounted on drop (lazily: whatever still holds it), so a
+/// failed test leaves no mount behind.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let target = dir.to_str().context("path")?;
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "netns-agent-test", target])?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// Fills the filesystem of `path` with one file until it refuses more (ENOSPC).
+fn fill(path: &std::path::Path) -> Result<u64> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let block = [0x55u8; 4096];
+    let mut total = 0;
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(total)
+}
+
+/// `n` namespaces created (and left to die) by clones from a thread named `comm`.
+fn clones_as(comm: &str, n: u32) -> Result<()> {
+    let comm = comm.to_owned();
+    std::thread::spawn(move || -> Result<()> {
+        netns_agent_e2e::set_thread_comm(&comm)?;
+        for _ in 0..n {
+            netns_agent_e2e::clone_newnet(false)?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("clone thread panicked"))?
+}
+
+/// The seqs of our creations (`comm`) the API lists after `since`, once there are `n`.
+fn our_creations(agent: &Agent, since: u64, comm: &str, n: usize) -> Result<Vec<u64>> {
+    wait_for(&format!("{n} creations by {comm}"), Duration::from_secs(20), || {
+        let (list, _) = agent.events_since(since)?;
+        let seqs: Vec<u64> = netns_agent_e2e::events_of(&list, "netns_created", comm)
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        ensure!(seqs.len() <= n, "{} creations by {comm}, made {n}", seqs.len());
+        Ok((seqs.len() == n).then_some(seqs))
+    })
+}
+
+/// The events file's directory full: the agent counts and serves on, says so once, counts
+/// the lines it could not write, cuts no line in half, and writes again (numbering going on)
+/// once there is room, within its size cap throughout.
+#[test]
+fn a_full_disk_loses_file_lines_only_and_writing_resumes() -> Result<()> {
+    const CAP: u64 = 4096;
+    let dir = netns_agent_e2e::TempDir::new("diskfull")?;
+    let mnt = Tmpfs::mount(dir.0.join("mnt"), "64k")?;
+    let path = mnt.0.join("events.jsonl");
+    let rotated = mnt.0.join("events.jsonl.1");
+    let agent = Agent::start_with_config(&format!(
+        "{FAST}events_file = \"{}\"\nevents_file_max_bytes = {CAP}\n",
+        path.display()
+    ))?;
+    let comm = netns_agent_e2e::unique_comm("dsk");
+    let created = |m: &netns_agent_e2e::Metrics| m.get_or_zero("netns_created_total", &[("comm", &comm)]);
+    let health = || -> Result<(f64, f64)> {
+        let m = agent.scrape()?;
+        Ok((
+            m.value("netns_agent_journal_write_errors_total", &[])?,
+            m.value("netns_agent_journal_writable", &[])?,
+        ))
+    };
+    let warnings = || agent.log_text().matches("its lines are lost").count();
+    let resumed = || agent.log_text().matches("writing again").count();
+
+    // Writing works.
+    let since = agent.last_seq()?;
+    clones_as(&comm, 3)?;
+    let first = our_creations(&agent, since, &comm, 3)?;
+    let on_disk = wait_for("our first lines on disk", Duration::from_secs(10), || {
+        let seqs = file_seqs(&path)?;
+        Ok(first.iter().all(|s| seqs.contains(s)).then_some(seqs))
+    })?;
+    ensure!(health()? == (0.0, 1.0), "before the disk is full: {:?}", health()?);
+    let last_good = *on_disk.last().context("empty file")?;
+
+    // Full: namespaces until a line fails (space the rotation frees is taken first).
+    let filler = mnt.0.join("filler");
+    let filled = fill(&filler)?;
+    let mut made = 3;
+    wait_for("the events file to fail", Duration::from_secs(30), || {
+        clones_as(&comm, 1)?;
+        made += 1;
+        Ok((health()?.1 == 0.0).then_some(()))
+    })?;
+    let failed_at = health()?.0;
+    ensure!(failed_at >= 1.0, "writable 0 with {failed_at} errors");
+
+    // While full: counted exactly, served, journaled in memory; the lines are not on disk.
+    let since_full = agent.last_seq()?;
+    clones_as(&comm, 10)?;
+    made += 10;
+    let lost = our_creations(&agent, since_full, &comm, 10)?;
+    wait_for("every creation counted", Duration::from_secs(10), || {
+        Ok((created(&agent.scrape()?) == f64::from(made)).then_some(()))
+    })?;
+    let (errors, writable) = health()?;
+    ensure!(
+        writable == 0.0 && errors >= failed_at + 10.0,
+        "errors {errors} (were {failed_at}), writable {writable}"
+    );
+    let seqs = file_seqs(&path)?;
+    ensure!(lost.iter().all(|s| !seqs.contains(s)), "lines written to a full disk: {lost:?} in {seqs:?}");
+    ensure!(warnings() == 1 && resumed() == 0, "log:\n{}", agent.log_text());
+
+    // Room again: the next lines are written, numbering going on past the lost ones.
+    std::fs::remove_file(&filler)?;
+    let since = agent.last_seq()?;
+    clones_as(&comm, 3)?;
+    made += 3;
+    let after = our_creations(&agent, since, &comm, 3)?;
+    let seqs = wait_for("lines on disk again", Duration::from_secs(10), || {
+        let seqs = file_seqs(&path)?;
+        Ok(after.iter().all(|s| seqs.contains(s)).then_some(seqs))
+    })?;
+    ensure!(after.iter().all(|s| *s > lost[lost.len() - 1] && *s > last_good), "{after:?}");
+    ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing: {seqs:?}");
+    let (errors_after, writable) = health()?;
+    ensure!(writable == 1.0 && errors_after >= errors, "after: errors {errors_after}, writable {writable}");
+    ensure!(warnings() == 1 && resumed() == 1, "one warning, one info line:\n{}", agent.log_text());
+    ensure!(created(&agent.scrape()?) == f64::from(made), "counts");
+
+    // The cap held throughout (the file rotated at least once: 4 KiB is ~15 lines).
+    let current = std::fs::metadata(&path)?.len();
+    let old = std::fs::metadata(&rotated).context("no rotated file")?.len();
+    ensure!(current <= CAP && old <= CAP, "{current} and {old} bytes, cap {CAP}");
+    file_seqs(&rotated)?;
+    println!(
+        "filler {filled} bytes; {} lines lost while full ({} ours), writing resumed at seq {}",
+        errors_after,
+        lost.len(),
+        after[0]
+    );
+    drop(agent);
+    drop(mnt);
+    Ok(())
+}
