@@ -118,6 +118,16 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Kills the agent with SIGKILL (no clean-up of its own can run) and reaps it.
+    pub fn kill(mut self) -> Result<String> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(self.log_text())
+    }
+}
+
 /// A fresh directory under the system's temp dir, removed (with its content) on drop.
 pub struct TempDir(pub PathBuf);
 
