@@ -106,6 +106,7 @@ async fn serve(settings: Settings, reload: Reload) -> Result<(), DaemonError> {
         web,
         disable_api: settings.web_disable_api,
         telemetry_path: settings.telemetry_path.clone(),
+        max_connections: settings.limits.http_connections,
     };
     let listener = expose::http::bind(settings.listen).await?;
     // Loading first (the usual missing privilege), then what attribution needs.
