@@ -132,6 +132,34 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Kills the agent with SIGKILL (no clean-up of its own can run) and reaps it.
+    pub fn kill(mut self) -> Result<String> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(self.log_text())
+    }
+}
+
+/// A fresh directory under the system's temp dir, removed (with its content) on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique(&format!("netns-agent-{prefix}-")));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

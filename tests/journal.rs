@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use netns_agent_e2e::{Agent, NamedNetns, OrphanedNetns, agent_bin, run, unique, wait_for};
+use netns_agent_e2e::{
+    Agent, NamedNetns, OrphanedNetns, agent_bin, loaded_program_ids, run, unique, wait_for,
+};
 use serde_json::Value;
 
 const FAST: &str = "attribution_interval_seconds = 1\nseries_grace_seconds = 30\n";
@@ -279,5 +281,409 @@ fn on_call_output_into_a_closed_pipe_ends_quietly() -> Result<()> {
     let out = std::process::Command::new("bash").args(["-o", "pipefail", "-c", &script]).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success() && stderr.is_empty(), "{}: {stderr}", out.status);
+    Ok(())
+}
+
+/// The seqs of the events file's lines, oldest first; an error names a line that is not a
+/// whole JSON object.
+fn file_seqs(path: &std::path::Path) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not JSON: {line:?}", path.display(), i + 1))?;
+            v["seq"].as_u64().with_context(|| format!("line {}: no seq: {line}", i + 1))
+        })
+        .collect()
+}
+
+/// Ids of the eBPF links the kernel has whose program is one of `programs`.
+fn links_of(programs: &std::collections::BTreeSet<u32>) -> Result<Vec<u64>> {
+    let out = run("bpftool", &["link", "show", "--json"])?;
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).context("bpftool link --json")?;
+    Ok(list
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|p| programs.contains(&(p as u32))))
+        .filter_map(|l| l["id"].as_u64())
+        .collect())
+}
+
+/// Named namespaces made by a test, deleted on drop (also when the test fails half-way).
+#[derive(Default)]
+struct Names(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Names {
+    fn list(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        for name in self.list() {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
+
+/// A thread creating namespaces in a loop (`ip netns add`, under our own comm, and clones),
+/// stopped and joined on drop.
+struct Burst {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Burst {
+    fn start(comm: &str, names: &Names) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, comm, list) =
+            (std::sync::Arc::clone(&stop), comm.to_owned(), std::sync::Arc::clone(&names.0));
+        let thread = std::thread::spawn(move || -> Result<()> {
+            netns_agent_e2e::set_thread_comm(&comm)?;
+            // Bounded, whatever happens to the test.
+            for _ in 0..500 {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let name = unique("burst");
+                netns_agent_e2e::run_as("ip", &comm, &["netns", "add", &name])?;
+                list.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(name);
+                netns_agent_e2e::clone_newnet(false)?;
+            }
+            Ok(())
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().context("joined")?.join().map_err(|_| anyhow::anyhow!("burst thread panicked"))?
+    }
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// SIGKILL in the middle of a burst of creations, then a restart on the same events file:
+/// every line of the file is whole, sequence numbers go on, `netns_alive` is right at the
+/// first scrape, the namespaces made while the agent was down are there with their names,
+/// state and main process, and nothing of the killed agent stays in the kernel.
+#[test]
+fn a_killed_agent_restarts_without_loss() -> Result<()> {
+    let dir = netns_agent_e2e::TempDir::new("restart")?;
+    let path = dir.0.join("events.jsonl");
+    let config = format!("{FAST}events_file = \"{}\"\n", path.display());
+    let agent = Agent::start_with_config(&config)?;
+    let programs = agent.program_ids()?;
+    ensure!(!programs.is_empty(), "the agent holds no eBPF program");
+    ensure!(!links_of(&programs)?.is_empty(), "bpftool shows no link of the agent's programs");
+    let comm = netns_agent_e2e::unique_comm("rst");
+    let names = Names::default();
+    let since = agent.last_seq()?;
+    let burst = Burst::start(&comm, &names);
+    // Killed while the burst runs and the journal is being written.
+    wait_for("20 of our creations in the journal", Duration::from_secs(30), || {
+        let (list, _) = agent.events_since(since)?;
+        Ok((netns_agent_e2e::events_of(&list, "netns_created", &comm).len() >= 20).then_some(()))
+    })?;
+    let log = agent.kill()?;
+    let named_before_kill = names.list().len();
+    // More of the burst while the agent is down, and two namespaces of our own: a named one
+    // with a process in it, and an unnamed one held by its process.
+    wait_for("5 creations while the agent is down", Duration::from_secs(30), || {
+        Ok((names.list().len() >= named_before_kill + 5).then_some(()))
+    })?;
+    burst.finish()?;
+    let named = NamedNetns::add("down")?;
+    let in_named =
+        netns_agent_e2e::ChildProcess::spawn("ip", &["netns", "exec", &named.name, "sleep", "60"])?;
+    let unnamed = netns_agent_e2e::ChildProcess::spawn("unshare", &["-n", "sleep", "60"])?;
+    let unnamed_inode = wait_for("the unshared namespace", Duration::from_secs(10), || {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(format!("/proc/{}/ns/net", unnamed.pid()))?.ino();
+        // Until `unshare` has run, the child is in the host's namespace.
+        Ok((ino != std::fs::metadata("/proc/self/ns/net")?.ino()).then_some(ino))
+    })?;
+
+    // Nothing of the killed agent is left in the kernel: programs and links were held by its
+    // file descriptors only (a pinned one would keep its program loaded).
+    wait_for("the killed agent's programs and links freed", Duration::from_secs(10), || {
+        let left: Vec<u32> = programs.intersection(&loaded_program_ids()?).copied().collect();
+        let links = links_of(&programs)?;
+        if left.is_empty() && links.is_empty() {
+            Ok(Some(()))
+        } else {
+            anyhow::bail!("still loaded: programs {left:?}, links {links:?}")
+        }
+    })
+    .with_context(|| log.clone())?;
+
+    // What the killed agent left: whole lines, increasing, perhaps a torn last one.
+    let raw = std::fs::read(&path)?;
+    let torn = !raw.is_empty() && raw.last() != Some(&b'\n');
+    let whole = if torn {
+        let end = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    } else {
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let before: Vec<u64> = whole
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["seq"].as_u64()))
+        .collect::<Option<_>>()
+        .context("a line of the killed agent's file is not whole JSON")?;
+    let last_before = *before.last().context("the killed agent wrote nothing")?;
+    ensure!(before.len() >= 20, "only {} lines", before.len());
+
+    // The restart: the inventory is in the first scrape.
+    let visible_before = netns_agent_e2e::visible_namespaces();
+    let agent = Agent::start_with_config(&config)?;
+    let metrics = agent.scrape()?;
+    let listed = agent.namespaces()?;
+    let visible_after = netns_agent_e2e::visible_namespaces();
+    let alive = metrics.value("netns_alive", &[])?;
+    let held: std::collections::BTreeSet<u64> = listed
+        .iter()
+        .filter(|n| !matches!(n["state"].as_str(), Some("gone" | "terminating" | "dying")))
+        .filter_map(|n| n["netns"].as_u64())
+        .collect();
+    let stable: std::collections::BTreeSet<u64> =
+        visible_before.intersection(&visible_after).copied().collect();
+    let missing: Vec<&u64> = stable.difference(&held).collect();
+    ensure!(missing.is_empty(), "at the first answer, namespaces not listed: {missing:?}");
+    ensure!(
+        alive >= stable.len() as f64,
+        "netns_alive {alive} at the first scrape, {} visible",
+        stable.len()
+    );
+    let mut ours: Vec<(String, u64)> = Vec::new();
+    for name in names.list().into_iter().chain([named.name.clone()]) {
+        use std::os::unix::fs::MetadataExt as _;
+        ours.push((name.clone(), std::fs::metadata(format!("/run/netns/{name}"))?.ino()));
+    }
+    for (name, inode) in &ours {
+        ensure!(held.contains(inode), "{name} ({inode}) not in the first answer");
+    }
+    ensure!(held.contains(&unnamed_inode), "the unshared namespace not in the first answer");
+
+    // Once the first scan is done: names, states and main processes.
+    wait_for("the first scan", Duration::from_secs(20), || {
+        Ok((netns_agent_e2e::http_get_status(agent.port, "/-/ready")?.0 == 200).then_some(()))
+    })?;
+    let listed = agent.namespaces()?;
+    let find = |inode: u64| listed.iter().find(|n| n["netns"] == inode).cloned();
+    for (name, inode) in &ours {
+        let n = find(*inode).with_context(|| format!("{name} ({inode}) gone from the list"))?;
+        let names_of: Vec<&str> =
+            n["names"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        ensure!(names_of.contains(&name.as_str()), "{name}: {n}");
+        let want = if *name == named.name { "active" } else { "parked" };
+        ensure!(n["state"] == want, "{name}: want {want}: {n}");
+    }
+    // Made while the agent was down: no creation was seen, so no creator is claimed.
+    for (name, inode) in &ours[named_before_kill..] {
+        let n = find(*inode).with_context(|| format!("{name} ({inode}) gone from the list"))?;
+        ensure!(n["creator"].is_null(), "{name} has a creator: {n}");
+    }
+    let n = find(ours.last().context("ours")?.1).context("the named namespace")?;
+    let sleeper_pid = in_named.pid();
+    ensure!(n["main_process"]["comm"] == "sleep" && n["main_process"]["pid"] == sleeper_pid, "{n}");
+    let n = find(unnamed_inode).context("the unshared namespace")?;
+    ensure!(
+        n["state"] == "active"
+            && n["main_process"]["comm"] == "sleep"
+            && n["main_process"]["pid"] == unnamed.pid(),
+        "{n}"
+    );
+
+    // Sequence numbers go on from the file, in memory and on disk, past any torn line.
+    let fresh = NamedNetns::add("after")?;
+    let fresh_inode = fresh.inode()?;
+    let created = wait_for("a creation after the restart", Duration::from_secs(10), || {
+        Ok(events(&agent, fresh_inode)?.into_iter().find(|e| e["kind"] == "netns_created"))
+    })?;
+    ensure!(created["seq"].as_u64().is_some_and(|s| s > last_before), "{created} after seq {last_before}");
+    let seqs = file_seqs(&path)?;
+    ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not strictly increasing across the restart");
+    ensure!(seqs.len() > before.len() && seqs[..before.len()] == before[..], "the old lines changed");
+    if torn {
+        ensure!(agent.log_text().contains("cut a torn last line"), "torn line not reported");
+    }
+    println!(
+        "killed after seq {last_before} ({} lines{}), {} named namespaces made while it was down, first scrape netns_alive {alive}",
+        before.len(),
+        if torn { ", a torn last line" } else { "" },
+        names.list().len() - named_before_kill
+    );
+    drop((in_named, unnamed));
+    Ok(())
+}
+
+/// A tmpfs mounted for one test, unmounted on drop (lazily: whatever still holds it), so a
+/// failed test leaves no mount behind.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let target = dir.to_str().context("path")?;
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "netns-agent-test", target])?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// Fills the filesystem of `path` with one file until it refuses more (ENOSPC).
+fn fill(path: &std::path::Path) -> Result<u64> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let block = [0x55u8; 4096];
+    let mut total = 0;
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(total)
+}
+
+/// `n` namespaces created (and left to die) by clones from a thread named `comm`.
+fn clones_as(comm: &str, n: u32) -> Result<()> {
+    let comm = comm.to_owned();
+    std::thread::spawn(move || -> Result<()> {
+        netns_agent_e2e::set_thread_comm(&comm)?;
+        for _ in 0..n {
+            netns_agent_e2e::clone_newnet(false)?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("clone thread panicked"))?
+}
+
+/// The seqs of our creations (`comm`) the API lists after `since`, once there are `n`.
+fn our_creations(agent: &Agent, since: u64, comm: &str, n: usize) -> Result<Vec<u64>> {
+    wait_for(&format!("{n} creations by {comm}"), Duration::from_secs(20), || {
+        let (list, _) = agent.events_since(since)?;
+        let seqs: Vec<u64> = netns_agent_e2e::events_of(&list, "netns_created", comm)
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        ensure!(seqs.len() <= n, "{} creations by {comm}, made {n}", seqs.len());
+        Ok((seqs.len() == n).then_some(seqs))
+    })
+}
+
+/// The events file's directory full: the agent counts and serves on, says so once, counts
+/// the lines it could not write, cuts no line in half, and writes again (numbering going on)
+/// once there is room, within its size cap throughout.
+#[test]
+fn a_full_disk_loses_file_lines_only_and_writing_resumes() -> Result<()> {
+    const CAP: u64 = 4096;
+    let dir = netns_agent_e2e::TempDir::new("diskfull")?;
+    let mnt = Tmpfs::mount(dir.0.join("mnt"), "64k")?;
+    let path = mnt.0.join("events.jsonl");
+    let rotated = mnt.0.join("events.jsonl.1");
+    let agent = Agent::start_with_config(&format!(
+        "{FAST}events_file = \"{}\"\nevents_file_max_bytes = {CAP}\n",
+        path.display()
+    ))?;
+    let comm = netns_agent_e2e::unique_comm("dsk");
+    let created = |m: &netns_agent_e2e::Metrics| m.get_or_zero("netns_created_total", &[("comm", &comm)]);
+    let health = || -> Result<(f64, f64)> {
+        let m = agent.scrape()?;
+        Ok((
+            m.value("netns_agent_journal_write_errors_total", &[])?,
+            m.value("netns_agent_journal_writable", &[])?,
+        ))
+    };
+    let warnings = || agent.log_text().matches("its lines are lost").count();
+    let resumed = || agent.log_text().matches("writing again").count();
+
+    // Writing works.
+    let since = agent.last_seq()?;
+    clones_as(&comm, 3)?;
+    let first = our_creations(&agent, since, &comm, 3)?;
+    let on_disk = wait_for("our first lines on disk", Duration::from_secs(10), || {
+        let seqs = file_seqs(&path)?;
+        Ok(first.iter().all(|s| seqs.contains(s)).then_some(seqs))
+    })?;
+    ensure!(health()? == (0.0, 1.0), "before the disk is full: {:?}", health()?);
+    let last_good = *on_disk.last().context("empty file")?;
+
+    // Full: namespaces until a line fails (space the rotation frees is taken first).
+    let filler = mnt.0.join("filler");
+    let filled = fill(&filler)?;
+    let mut made = 3;
+    wait_for("the events file to fail", Duration::from_secs(30), || {
+        clones_as(&comm, 1)?;
+        made += 1;
+        Ok((health()?.1 == 0.0).then_some(()))
+    })?;
+    let failed_at = health()?.0;
+    ensure!(failed_at >= 1.0, "writable 0 with {failed_at} errors");
+
+    // While full: counted exactly, served, journaled in memory; the lines are not on disk.
+    let since_full = agent.last_seq()?;
+    clones_as(&comm, 10)?;
+    made += 10;
+    let lost = our_creations(&agent, since_full, &comm, 10)?;
+    wait_for("every creation counted", Duration::from_secs(10), || {
+        Ok((created(&agent.scrape()?) == f64::from(made)).then_some(()))
+    })?;
+    let (errors, writable) = health()?;
+    ensure!(
+        writable == 0.0 && errors >= failed_at + 10.0,
+        "errors {errors} (were {failed_at}), writable {writable}"
+    );
+    let seqs = file_seqs(&path)?;
+    ensure!(lost.iter().all(|s| !seqs.contains(s)), "lines written to a full disk: {lost:?} in {seqs:?}");
+    ensure!(warnings() == 1 && resumed() == 0, "log:\n{}", agent.log_text());
+
+    // Room again: the next lines are written, numbering going on past the lost ones.
+    std::fs::remove_file(&filler)?;
+    let since = agent.last_seq()?;
+    clones_as(&comm, 3)?;
+    made += 3;
+    let after = our_creations(&agent, since, &comm, 3)?;
+    let seqs = wait_for("lines on disk again", Duration::from_secs(10), || {
+        let seqs = file_seqs(&path)?;
+        Ok(after.iter().all(|s| seqs.contains(s)).then_some(seqs))
+    })?;
+    ensure!(after.iter().all(|s| *s > lost[lost.len() - 1] && *s > last_good), "{after:?}");
+    ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing: {seqs:?}");
+    let (errors_after, writable) = health()?;
+    ensure!(writable == 1.0 && errors_after >= errors, "after: errors {errors_after}, writable {writable}");
+    ensure!(warnings() == 1 && resumed() == 1, "one warning, one info line:\n{}", agent.log_text());
+    ensure!(created(&agent.scrape()?) == f64::from(made), "counts");
+
+    // The cap held throughout (the file rotated at least once: 4 KiB is ~15 lines).
+    let current = std::fs::metadata(&path)?.len();
+    let old = std::fs::metadata(&rotated).context("no rotated file")?.len();
+    ensure!(current <= CAP && old <= CAP, "{current} and {old} bytes, cap {CAP}");
+    file_seqs(&rotated)?;
+    println!(
+        "filler {filled} bytes; {} lines lost while full ({} ours), writing resumed at seq {}",
+        errors_after,
+        lost.len(),
+        after[0]
+    );
+    drop(agent);
+    drop(mnt);
     Ok(())
 }

@@ -271,3 +271,114 @@ fn abusive_clients_get_clear_statuses_and_do_not_delay_scrapes() -> Result<()> {
     ensure!(all.len() >= 64, "only {} requests answered", all.len());
     Ok(())
 }
+
+/// Connections to `port` the process `pid` has accepted and holds open: its socket fds
+/// whose entry in /proc/net/tcp is an established connection on that local port.
+fn accepted(pid: u32, port: u16) -> Result<usize> {
+    let mut inodes = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else { continue };
+        if let Some(inode) =
+            target.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))?;
+    let local = format!(":{port:04X}");
+    Ok(table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1].ends_with(&local) && f[3] == "01" && inodes.contains(f[9]))
+        .count())
+}
+
+/// Sends `GET path` with `Connection: close` on `stream` and reads the answer's status, or
+/// `None` if nothing came within `wait`.
+fn ask(stream: &mut std::net::TcpStream, path: &str, wait: Duration) -> Result<Option<u16>> {
+    use std::io::Write as _;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    answer(stream, wait)
+}
+
+fn answer(stream: &mut std::net::TcpStream, wait: Duration) -> Result<Option<u16>> {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(wait))?;
+    let mut head = [0u8; 64];
+    match stream.read(&mut head) {
+        Ok(0) => anyhow::bail!("closed without an answer"),
+        Ok(n) => {
+            let line = String::from_utf8_lossy(&head[..n]);
+            Ok(Some(
+                line.split(' ').nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("{line:?}"))?,
+            ))
+        }
+        Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The endpoint serves at most `limits.http_connections` connections at once: more wait in
+/// the listen backlog, unanswered and costing the agent nothing, until one closes; idle
+/// connections are closed after the first-request timeout, so a scrape queued behind a full
+/// set of them is answered then.
+#[test]
+fn connections_past_the_limit_wait_and_idle_ones_give_their_slot_back() -> Result<()> {
+    const LIMIT: usize = 4;
+    let agent = netns_agent_e2e::Agent::start_with_config(&format!("limits.http_connections = {LIMIT}\n"))?;
+    let (pid, port) = (agent.pid(), agent.port);
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port));
+    wait_for(
+        "no connection held",
+        Duration::from_secs(10),
+        || Ok((accepted(pid, port)? == 0).then_some(())),
+    )?;
+
+    // LIMIT + 6 idle clients: every connect completes (the backlog), LIMIT are accepted.
+    let held: Vec<std::net::TcpStream> = (0..LIMIT).map(|_| connect()).collect::<std::io::Result<_>>()?;
+    wait_for("the first clients accepted", Duration::from_secs(5), || {
+        Ok((accepted(pid, port)? == LIMIT).then_some(()))
+    })?;
+    let mut waiting: Vec<std::net::TcpStream> = (0..6).map(|_| connect()).collect::<std::io::Result<_>>()?;
+    // Those past the limit ask and get nothing while the first ones are held.
+    for stream in &mut waiting {
+        use std::io::Write as _;
+        stream.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    }
+    ensure!(
+        answer(&mut waiting[0], Duration::from_secs(1))?.is_none(),
+        "a connection past the limit was served"
+    );
+    let open = accepted(pid, port)?;
+    ensure!(open == LIMIT, "{open} connections accepted, limit {LIMIT}");
+
+    // The first ones close: every waiting one is answered, and a scrape goes through.
+    drop(held);
+    for (i, stream) in waiting.iter_mut().enumerate() {
+        let code = answer(stream, Duration::from_secs(5) * netns_agent_e2e::slowdown())?;
+        ensure!(code == Some(200), "waiting client {i}: {code:?}");
+    }
+    drop(waiting);
+    ensure!(netns_agent_e2e::http_get(port, "/metrics")?.contains("netns_alive "), "a scrape after");
+
+    // A full set of idle clients that never ask: a scrape queued behind them is answered when
+    // the first-request timeout (10 s) closes them.
+    let idle: Vec<std::net::TcpStream> = (0..LIMIT).map(|_| connect()).collect::<std::io::Result<_>>()?;
+    wait_for("the idle clients accepted", Duration::from_secs(5), || {
+        Ok((accepted(pid, port)? == LIMIT).then_some(()))
+    })?;
+    let started = std::time::Instant::now();
+    let mut scrape = connect()?;
+    let code = ask(&mut scrape, "/metrics", Duration::from_secs(20) * netns_agent_e2e::slowdown())?;
+    let waited = started.elapsed();
+    ensure!(code == Some(200), "the queued scrape: {code:?} after {waited:?}");
+    ensure!(accepted(pid, port)? <= LIMIT, "over the limit");
+    println!("a scrape behind {LIMIT} idle connections answered after {waited:?}");
+    drop(idle);
+    Ok(())
+}

@@ -145,6 +145,13 @@ pub const KEYS: &[Key] = &[
         1 << 22,
         "Namespaces exported one by one; past it they fold into netns=\"overflow\".",
     ),
+    number(
+        "limits.http_connections",
+        128,
+        1,
+        65_536,
+        "Connections the HTTP server serves at once; more wait in the listen backlog until one closes.",
+    ),
 ];
 
 /// The registry entry of `name`.
@@ -216,6 +223,7 @@ pub struct FileLimits {
     pub event_buffer_bytes: Option<u64>,
     pub route_keys: Option<u64>,
     pub tracked_namespaces: Option<u64>,
+    pub http_connections: Option<u64>,
 }
 
 /// The config file's contents. Every key is optional; see [`KEYS`].
@@ -260,6 +268,8 @@ pub struct Overrides {
 pub struct Limits {
     pub maps: KernelTables,
     pub tracked_namespaces: usize,
+    /// Connections the HTTP server serves at once.
+    pub http_connections: usize,
 }
 
 /// Everything the agent runs with, validated.
@@ -377,6 +387,7 @@ impl Settings {
             },
             tracked_namespaces: checked("limits.tracked_namespaces", file.limits.tracked_namespaces)?
                 as usize,
+            http_connections: checked("limits.http_connections", file.limits.http_connections)? as usize,
         };
         Ok(Self {
             listen,
@@ -456,6 +467,7 @@ const SHOWN: &[(&str, bool, Show)] = &[
     ("limits.event_buffer_bytes", false, |s| s.limits.maps.event_buffer_bytes.to_string()),
     ("limits.route_keys", false, |s| s.limits.maps.route_keys.to_string()),
     ("limits.tracked_namespaces", false, |s| s.limits.tracked_namespaces.to_string()),
+    ("limits.http_connections", false, |s| s.limits.http_connections.to_string()),
 ];
 
 /// What differs between two configs, in registry order.

@@ -162,6 +162,7 @@ async fn start(settings: &Settings) -> Result<Started, DaemonError> {
         web,
         disable_api: settings.web_disable_api,
         telemetry_path: settings.telemetry_path.clone(),
+        max_connections: settings.limits.http_connections,
     };
     let listener = expose::http::bind(settings.listen)
         .await?

@@ -65,11 +65,18 @@ pub struct Options {
     pub disable_api: bool,
     /// Where the exposition is (`--web.telemetry-path`, default `/metrics`).
     pub telemetry_path: String,
+    /// Connections served at once (`limits.http_connections`).
+    pub max_connections: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { web: WebConfig::default(), disable_api: false, telemetry_path: "/metrics".to_owned() }
+        Self {
+            web: WebConfig::default(),
+            disable_api: false,
+            telemetry_path: "/metrics".to_owned(),
+            max_connections: 128,
+        }
     }
 }
 
@@ -112,21 +119,113 @@ async fn ready(State(source): State<Shared>) -> Response {
 /// cannot hold a connection (and the scrapes behind it) for long.
 const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves `source` on `listener` until the task is dropped, over TLS when configured.
+/// A kept-alive connection whose next request has not fully arrived this long after it
+/// became idle is closed: a client that vanished (or lingers) gives its slot back. Prometheus
+/// reconnects when its scrape interval is longer.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `source` on `listener` until the task is dropped, over TLS when configured, at
+/// most `options.max_connections` connections at once.
 pub async fn serve(listener: TcpListener, source: Shared, options: &Options) -> std::io::Result<()> {
     let app = router(source, options).into_make_service();
-    let listener = listener.into_std()?;
+    let listener =
+        Limited { listener, slots: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))) };
+    let mut server =
+        axum_server::Server::<Peer>::from_listener(listener).first_request_timeout(FIRST_REQUEST_TIMEOUT);
+    server.http_builder().http1().header_read_timeout(IDLE_TIMEOUT);
     match &options.web.tls {
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::clone(tls));
-            axum_server::from_tcp_rustls(listener, config)?
-                .first_request_timeout(FIRST_REQUEST_TIMEOUT)
-                .serve(app)
-                .await
+            server.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(config)).serve(app).await
         }
-        None => {
-            axum_server::from_tcp(listener)?.first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(app).await
-        }
+        None => server.serve(app).await,
+    }
+}
+
+/// The listener with a bound on open connections: it accepts only while a slot is free, so
+/// past the limit new connections wait in the kernel's listen backlog (their connect has
+/// completed; their request is read once a connection closes) instead of taking a file
+/// descriptor and a task each.
+struct Limited {
+    listener: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// axum-server's address type for the [`Limited`] listener; nothing reads peers' addresses.
+#[derive(Clone, Copy, Debug)]
+struct Peer;
+
+impl axum_server::Address for Peer {
+    type Stream = Slotted;
+    type Listener = Limited;
+}
+
+impl axum_server::AddrListener<Slotted, Peer> for Limited {
+    async fn bind_to(_: Peer) -> std::io::Result<Self> {
+        // Never called: the server is built from a bound listener.
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    async fn accept_stream(&self) -> std::io::Result<(Slotted, Peer)> {
+        let slot = Arc::clone(&self.slots).acquire_owned().await.map_err(std::io::Error::other)?;
+        let (stream, _) = self.listener.accept().await?;
+        Ok((Slotted { stream, _slot: slot }, Peer))
+    }
+
+    fn get_local_addr(&self) -> std::io::Result<Peer> {
+        self.listener.local_addr().map(|_| Peer)
+    }
+}
+
+/// An accepted connection; its slot is free again when it is dropped (closed).
+struct Slotted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

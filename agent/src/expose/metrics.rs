@@ -165,6 +165,18 @@ pub const CONFIG_RELOAD: MetricDef = def(
     &[],
     "1 if the last config reload (SIGHUP) loaded, or none was asked for; 0 if it was refused (the log says why).",
 );
+pub const JOURNAL_WRITE_ERRORS: MetricDef = def(
+    "netns_agent_journal_write_errors_total",
+    COUNTER,
+    &[],
+    "Journal lines the events file could not take (disk full, read-only, I/O error): missing from the file, still in memory and the API.",
+);
+pub const JOURNAL_WRITABLE: MetricDef = def(
+    "netns_agent_journal_writable",
+    GAUGE,
+    &[],
+    "0 while writes to the events file fail, else 1 (also 1 without an events file).",
+);
 pub const TASK_RESTARTS: MetricDef = def(
     "netns_agent_task_restarts_total",
     COUNTER,
@@ -181,6 +193,8 @@ pub const ALL: &[&MetricDef] = &[
     &TASK_RESTARTS,
     &CONFIG_RELOAD,
     &EVENTS_LOST,
+    &JOURNAL_WRITE_ERRORS,
+    &JOURNAL_WRITABLE,
     &LIVE_FULL,
     &RECONCILED,
     &CREATED,
@@ -250,6 +264,8 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
     out.push(restarts.finish());
     out.push(single(&CONFIG_RELOAD, if snap.config_reload_failed { 0.0 } else { 1.0 }));
     out.push(single(&EVENTS_LOST, snap.counters.events_lost as f64));
+    out.push(single(&JOURNAL_WRITE_ERRORS, snap.journal_write_errors as f64));
+    out.push(single(&JOURNAL_WRITABLE, if snap.journal_writable { 1.0 } else { 0.0 }));
 
     let lc = &snap.counters.lifecycle;
     let mut created = Family::new(&CREATED);

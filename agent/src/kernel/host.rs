@@ -207,10 +207,37 @@ pub fn wait_for_termination() {
     }
 }
 
+/// Whether the filesystem holding directory `dir` could take `bytes` more now: `Some(false)`
+/// when it is read-only or has fewer free blocks than that, `None` when the kernel does not
+/// say. Used to retry a failing events file only once there is room, so that a few bytes of
+/// slack at the end of its last block do not make writes flap between failing and working.
+pub fn has_room(dir: &Path, bytes: u64) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs reads the NUL-terminated path and fills the zeroed struct we own.
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stat) == 0).then_some(stat)
+    }?;
+    if stat.f_flag & libc::ST_RDONLY != 0 {
+        return Some(false);
+    }
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize) >= bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::privileges::effective_caps;
+
+    #[test]
+    fn room_is_asked_of_the_filesystem() {
+        assert_eq!(has_room(Path::new("/no/such/dir"), 1), None);
+        // procfs has no free blocks at all.
+        assert_eq!(has_room(Path::new("/proc"), 1), Some(false));
+        assert_eq!(has_room(Path::new(""), 0), Some(true), "the current directory, nothing needed");
+    }
 
     #[test]
     fn versions_parse_from_distribution_releases() {

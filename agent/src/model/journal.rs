@@ -152,7 +152,7 @@ pub fn format_time(time: SystemTime) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the events file {path}: {reason}")]
+#[error("cannot write the events file {path}: {reason}; give --events-file (events_file) a writable path")]
 pub struct FileError {
     path: PathBuf,
     reason: String,
@@ -160,46 +160,164 @@ pub struct FileError {
 
 /// The JSON-lines file: when the next line would pass `max_bytes`, the file becomes
 /// `<path>.1` (replacing the previous one) and a new one starts; at most twice the cap on disk.
+///
+/// Every line on disk is whole: a write that fails part-way (disk full) is cut back, and a
+/// torn last line left by a crash (the agent killed mid-write, power lost) is cut off when the
+/// file is opened. A line that cannot be written (disk full, read-only, I/O error) is lost
+/// from the file, kept in memory and counted; writing resumes by itself once the file takes
+/// lines again, with one warning when writes start failing and one info line when they work.
 pub struct EventsFile {
     path: PathBuf,
     max_bytes: u64,
-    file: File,
+    /// `None` after a rotation whose new file could not be created: created on the next line.
+    file: Option<File>,
     written: u64,
+    /// Lines lost since start.
+    errors: u64,
+    /// Lines lost since writes began failing; `None` while they work.
+    failing: Option<u64>,
 }
 
 impl EventsFile {
     pub fn open(path: &Path, max_bytes: u64) -> Result<Self, FileError> {
         let error = |err: std::io::Error| FileError { path: path.to_owned(), reason: err.to_string() };
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(error)?;
-        let written = file.metadata().map_err(error)?.len();
-        Ok(Self { path: path.to_owned(), max_bytes, file, written })
+        let file = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(error)?;
+        let written = cut_torn_tail(&file, path).map_err(error)?;
+        Ok(Self { path: path.to_owned(), max_bytes, file: Some(file), written, errors: 0, failing: None })
     }
 
     /// The seq of the newest entry the file (or, if it is empty, its rotated copy) holds: the
-    /// journal continues from there, so sequence numbers never restart. A torn last line (the
-    /// agent killed mid-write) is skipped.
+    /// journal continues from there, so sequence numbers never restart.
     pub fn last_seq(&self) -> u64 {
-        let mut rotated = self.path.clone().into_os_string();
-        rotated.push(".1");
-        [self.path.clone(), PathBuf::from(rotated)].iter().find_map(|path| last_seq_in(path)).unwrap_or(0)
+        [self.path.clone(), self.rotated()].iter().find_map(|path| last_seq_in(path)).unwrap_or(0)
     }
 
-    fn append(&mut self, line: &str) -> std::io::Result<()> {
+    /// Lines that could not be written since start.
+    pub fn write_errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// False while writes fail.
+    pub fn writable(&self) -> bool {
+        self.failing.is_none()
+    }
+
+    fn rotated(&self) -> PathBuf {
+        let mut rotated = self.path.clone().into_os_string();
+        rotated.push(".1");
+        PathBuf::from(rotated)
+    }
+
+    /// Writes one line, or counts it lost; logs when writing starts failing and when it works
+    /// again (once each, not per line).
+    fn write(&mut self, line: &str) {
         let len = line.len() as u64 + 1;
+        if len > self.max_bytes {
+            return; // a single line larger than the cap is never written
+        }
+        // While failing, a line is tried only once the filesystem has a free block: the slack
+        // at the end of the file's last block would take a short line, refuse a longer one,
+        // and the log would flap between failing and working.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let still_full = self.failing.is_some() && crate::kernel::host::has_room(dir, len) == Some(false);
+        let result = if still_full { Err(None) } else { self.append(line, len).map_err(Some) };
+        match (result, self.failing) {
+            (Ok(()), Some(lost)) => {
+                self.failing = None;
+                log::info!(
+                    "events file {}: writing again; {lost} line(s) could not be written",
+                    self.path.display()
+                );
+            }
+            (Ok(()), None) => {}
+            (Err(_), Some(lost)) => {
+                self.errors += 1;
+                self.failing = Some(lost + 1);
+            }
+            (Err(err), None) => {
+                self.errors += 1;
+                self.failing = Some(1);
+                log::warn!(
+                    "events file {}: {}; its lines are lost (kept in memory, counted in \
+                     netns_agent_journal_write_errors_total) until it can be written again",
+                    self.path.display(),
+                    err.map_or_else(|| "no room".to_owned(), |e| e.to_string())
+                );
+            }
+        }
+    }
+
+    fn append(&mut self, line: &str, len: u64) -> std::io::Result<()> {
+        if self.file.is_none() {
+            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.written = file.metadata()?.len();
+            self.file = Some(file);
+        }
         if self.written > 0 && self.written + len > self.max_bytes {
-            let mut rotated = self.path.clone().into_os_string();
-            rotated.push(".1");
-            std::fs::rename(&self.path, &rotated)?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            std::fs::rename(&self.path, self.rotated())?;
+            self.file = None;
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
             self.written = 0;
         }
-        if len > self.max_bytes {
-            return Ok(()); // a single line larger than the cap is never written
+        let Some(file) = self.file.as_mut() else { unreachable!("opened above") };
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        // One write per line; on a full disk it may take part of the line before failing.
+        let mut done = 0;
+        let result = loop {
+            if done == buf.len() {
+                break Ok(());
+            }
+            match file.write(&buf[done..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => break Err(err),
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.written += len;
+                Ok(())
+            }
+            Err(err) => {
+                // Cut the part written, so that no torn line stays between whole ones.
+                if done > 0
+                    && let Ok(meta) = file.metadata()
+                {
+                    let _ = file.set_len(meta.len().saturating_sub(done as u64));
+                }
+                Err(err)
+            }
         }
-        writeln!(self.file, "{line}")?;
-        self.written += len;
-        Ok(())
     }
+}
+
+/// Cuts a torn last line (no newline: the writer died mid-line) off the file; the size left.
+fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    const TAIL: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    let mut tail = vec![0; (len - start) as usize];
+    file.read_exact_at(&mut tail, start)?;
+    if tail.last().is_none_or(|b| *b == b'\n') {
+        return Ok(len);
+    }
+    let keep = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None if start == 0 => 0,
+        // No line end in the last 64 KiB: not a torn line of ours; leave the text alone.
+        None => return Ok(len),
+    };
+    file.set_len(keep)?;
+    log::warn!(
+        "events file {}: cut a torn last line of {} bytes (the agent stopped in the middle of writing it)",
+        path.display(),
+        len - keep
+    );
+    Ok(keep)
 }
 
 /// The seq of the last complete, parsable line of a JSON-lines journal file.
@@ -238,12 +356,7 @@ impl Journal {
         self.next_seq += 1;
         if let Some(file) = &mut self.file {
             match serde_json::to_string(&entry) {
-                Ok(line) => {
-                    if let Err(err) = file.append(&line) {
-                        log::warn!("events file {}: {err}; not writing it any more", file.path.display());
-                        self.file = None;
-                    }
-                }
+                Ok(line) => file.write(&line),
                 Err(err) => log::warn!("cannot encode a journal entry: {err}"),
             }
         }
@@ -265,6 +378,12 @@ impl Journal {
     /// The seq of the newest entry (0 when none was ever written).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    /// Lines the events file could not take since start, and whether it takes them now
+    /// (`(0, true)` without an events file).
+    pub fn file_health(&self) -> (u64, bool) {
+        self.file.as_ref().map_or((0, true), |f| (f.write_errors(), f.writable()))
     }
 }
 
@@ -352,6 +471,12 @@ mod tests {
         let mut j = Journal::new(10, Some(EventsFile::open(&path, 1 << 20).unwrap()));
         j.push(entry("netns_created", 1));
         assert_eq!(j.last_seq(), 101);
+        // The torn line was cut off at open: every line is whole, the new one right after.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seqs: Vec<u64> = text.lines().map(|l| serde_json::from_str::<Entry>(l).expect(l).seq).collect();
+        assert_eq!(seqs.last(), Some(&101), "{text}");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        assert_eq!(j.file_health(), (0, true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

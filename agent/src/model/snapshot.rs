@@ -73,6 +73,10 @@ pub struct Snapshot {
     pub moves: Vec<(String, MoveCounts)>,
     /// The last config reload (SIGHUP) was refused.
     pub config_reload_failed: bool,
+    /// Journal lines the events file could not take since start.
+    pub journal_write_errors: u64,
+    /// The events file takes lines now (true without one).
+    pub journal_writable: bool,
 }
 
 impl Model {
@@ -201,6 +205,8 @@ impl Model {
                 moves,
                 counters,
                 config_reload_failed: false,
+                journal_write_errors: state.journal.file_health().0,
+                journal_writable: state.journal.file_health().1,
             }
         })
     }
