@@ -1096,3 +1096,167 @@ pub fn teardowns(events: &[serde_json::Value], created: &[&serde_json::Value]) -
 pub fn torn_down(events: &[serde_json::Value], created: &[&serde_json::Value]) -> Vec<bool> {
     teardowns(events, created).into_iter().map(|n| n > 0).collect()
 }
+
+/// How a [`HeldNetns`] holds its namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// A UDP socket created in it.
+    Socket,
+    /// An open `/proc/self/ns/net` of it (an nsfs file descriptor).
+    NetnsFd,
+}
+
+impl Hold {
+    /// The agent's name for it (`kind` of a holder).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Hold::Socket => "socket",
+            Hold::NetnsFd => "netns fd",
+        }
+    }
+}
+
+/// A leak made on purpose: a child process named `comm` creates a namespace, makes a
+/// socket in it or opens it, goes back to this process's namespace and waits. Nothing lives
+/// in the namespace and nothing names it: only the child's descriptor keeps it (orphaned).
+/// Killing the child (drop) frees it.
+pub struct HeldNetns {
+    pub pid: i32,
+    pub inode: u64,
+    /// The holding descriptor's number in the child.
+    pub fd: i32,
+}
+
+impl HeldNetns {
+    /// The child is moved into `cgroup` (if given) before it creates the namespace, so the
+    /// creator and the holder both belong to that "container".
+    pub fn spawn(hold: Hold, comm: &str, cgroup: Option<&ContainerCgroup>) -> Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        ensure_len(comm);
+        let name = std::ffi::CString::new(comm)?;
+        let ns_path = c"/proc/self/ns/net";
+        let home = std::fs::File::open("/proc/self/ns/net")?;
+        let (mut go, mut ready) = ([0i32; 2], [0i32; 2]);
+        // SAFETY: pipe2 fills the two fds of each.
+        ensure!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
+        // SAFETY: as above.
+        ensure!(unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
+        // SAFETY: the child makes raw syscalls on data prepared before the fork, then pauses.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe {
+                let mut byte = 0u8;
+                // Wait until the parent has put us in the cgroup.
+                if libc::read(go[0], (&raw mut byte).cast(), 1) != 1 {
+                    libc::_exit(1);
+                }
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    libc::_exit(2);
+                }
+                let fd = match hold {
+                    Hold::Socket => libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0),
+                    Hold::NetnsFd => libc::open(ns_path.as_ptr(), libc::O_RDONLY),
+                };
+                if fd < 0 || libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    libc::_exit(3);
+                }
+                libc::close(home.as_raw_fd());
+                // The held namespace's inode: the socket's (SIOCGSKNS) or the nsfs fd's own.
+                let ns = if hold == Hold::Socket { libc::ioctl(fd, 0x894C) } else { fd };
+                let mut st: libc::stat = std::mem::zeroed();
+                if ns < 0 || libc::fstat(ns, &mut st) != 0 {
+                    libc::_exit(4);
+                }
+                if ns != fd {
+                    libc::close(ns);
+                }
+                let report = [fd as u64, st.st_ino];
+                if libc::write(ready[1], report.as_ptr().cast(), 16) != 16 {
+                    libc::_exit(5);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        // SAFETY: closing the child's ends in this process.
+        unsafe {
+            libc::close(go[0]);
+            libc::close(ready[1]);
+        }
+        let result = (|| {
+            ensure!(pid > 0, "fork failed");
+            let held = Self { pid, inode: 0, fd: -1 };
+            if let Some(cgroup) = cgroup {
+                cgroup.add(pid)?;
+            }
+            let mut report = [0u64; 2];
+            // SAFETY: one byte releases the child; it answers 16 bytes, or EOF if it failed.
+            let n = unsafe {
+                ensure!(libc::write(go[1], [1u8].as_ptr().cast(), 1) == 1, "releasing the child");
+                libc::read(ready[0], report.as_mut_ptr().cast(), 16)
+            };
+            ensure!(n == 16, "the holding child failed before holding its namespace");
+            std::mem::forget(held);
+            Ok(Self { pid, inode: report[1], fd: report[0] as i32 })
+        })();
+        // SAFETY: closing our ends; a failed child is killed by `held`'s drop above.
+        unsafe {
+            libc::close(go[1]);
+            libc::close(ready[0]);
+        }
+        result
+    }
+}
+
+impl Drop for HeldNetns {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// A cgroup v2 directory named as Docker names a container's (`docker-ID.scope`), for
+/// processes whose container id a test must know; removed on drop (once empty).
+pub struct ContainerCgroup {
+    pub id: String,
+    dir: PathBuf,
+}
+
+impl ContainerCgroup {
+    /// None where no cgroup v2 hierarchy is mounted.
+    pub fn make() -> Result<Option<Self>> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let Some(root) = mountinfo.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            (fields.get(sep + 1) == Some(&"cgroup2")).then(|| fields.get(4).map(PathBuf::from))?
+        }) else {
+            return Ok(None);
+        };
+        let n = (u64::from(std::process::id()) << 32) | u64::from(SEQ.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{:064x}", u128::from(n) | (0xfeed_u128 << 112));
+        let dir = root.join(format!("docker-{id}.scope"));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Some(Self { id, dir }))
+    }
+
+    pub fn add(&self, pid: i32) -> Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", self.dir.display()))
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

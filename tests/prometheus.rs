@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use netns_agent_e2e::{
-    Agent, NamedNetns, RouterTopology, free_port, promtool_check, run, send_udp, unique, wait_for,
+    Agent, HeldNetns, Hold, NamedNetns, RouterTopology, free_port, promtool_check, run, send_udp, unique,
+    unique_comm, wait_for,
 };
 use serde_json::Value;
 
@@ -242,19 +243,74 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
-/// A dashboard expression with Grafana's variables replaced as Grafana would.
+/// A dashboard expression with Grafana's variables replaced as Grafana would (`pod` at
+/// its All value unless given).
 fn concrete(expr: &str, netns: &str) -> String {
-    expr.replace("$__rate_interval", "1m").replace("$instance", ".*").replace("$netns", netns)
+    concrete_with(expr, netns, ".*")
+}
+
+fn concrete_with(expr: &str, netns: &str, pod: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$instance", ".*")
+        .replace("$netns", netns)
+        .replace("$pod", pod)
+}
+
+/// A `label_values(SELECTOR, LABEL)` variable query as PromQL returning one series per value.
+fn label_values_query(query: &str) -> Result<(String, String)> {
+    let inner = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .with_context(|| format!("not a label_values query: {query}"))?;
+    let (selector, label) = inner.rsplit_once(',').context("label_values without a label")?;
+    let label = label.trim().to_owned();
+    Ok((format!("count by ({label}) ({})", selector.trim()), label))
+}
+
+/// The data links of a panel: every `links` in its field config, defaults and overrides.
+fn panel_links(panel: &Value) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    let field = &panel["fieldConfig"];
+    for link in field["defaults"]["links"].as_array().into_iter().flatten() {
+        out.push((None, link["url"].as_str().unwrap_or("").to_owned()));
+    }
+    for o in field["overrides"].as_array().into_iter().flatten() {
+        let on = o["matcher"]["options"].as_str().map(str::to_owned);
+        for p in o["properties"].as_array().into_iter().flatten().filter(|p| p["id"] == "links") {
+            for link in p["value"].as_array().into_iter().flatten() {
+                out.push((on.clone(), link["url"].as_str().unwrap_or("").to_owned()));
+            }
+        }
+    }
+    out
 }
 
 #[test]
 fn every_dashboard_query_and_rule_works_against_a_live_prometheus() -> Result<()> {
-    let agent = Agent::start()?;
-    let prometheus = Prometheus::start(agent.port)?;
     // The workload: namespaces come and go, a device moves, traffic with and without routes,
-    // a failed creation, so every panel has something to show.
+    // a failed creation, a pod (a CNI cache entry) and a leak held by a socket, so every
+    // panel and variable has something to show.
+    let parked = NamedNetns::add("prom")?;
+    let cni = std::env::temp_dir().join(format!("netns-agent-prom-cni-{}", std::process::id()));
+    std::fs::create_dir_all(&cni)?;
+    let sandbox = "5e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f";
+    let pod = unique("web");
+    std::fs::write(
+        cni.join(format!("cbr0-{sandbox}-eth0")),
+        format!(
+            r#"{{"kind":"cniCacheV1","containerId":"{sandbox}","config":"e30=","ifName":"eth0",
+"networkName":"cbr0","netns":"/run/netns/{}","cniArgs":[["K8S_POD_NAMESPACE","shop"],
+["K8S_POD_NAME","{pod}"]],"result":{{}}}}"#,
+            parked.name
+        ),
+    )?;
+    let agent = Agent::start_with_config(&format!(
+        "attribution_interval_seconds = 1\ncni_cache_dir = \"{}\"\n",
+        cni.display()
+    ))?;
+    let prometheus = Prometheus::start(agent.port)?;
+    let leak = HeldNetns::spawn(Hold::Socket, &unique_comm("pleak"), None)?;
     let topo = RouterTopology::new()?;
-    let _parked = NamedNetns::add("prom")?;
     let veth = unique("pv");
     run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &unique("pp")])?;
     // Into the router: the drill-down dashboard looks at it, moves and lookups both.
@@ -284,6 +340,13 @@ fn every_dashboard_query_and_rule_works_against_a_live_prometheus() -> Result<()
             .map(|_| ()))
     })?;
 
+    // The leak and the pod are scraped (a scan finds the holder, the cache names the pod).
+    wait_for("the leak and the pod in Prometheus", Duration::from_secs(60), || {
+        let held = prometheus.query(&format!("netns_holder_fds{{netns=\"{}\"}}", leak.inode))?;
+        let pod = prometheus.query(&format!("netns_info{{pod=\"{pod}\"}}"))?;
+        Ok((!held.is_empty() && !pod.is_empty()).then_some(()))
+    })?;
+
     let mut empty = Vec::new();
     for (file, panel, expr) in panel_queries()? {
         let expr = concrete(&expr, &netns);
@@ -293,6 +356,110 @@ fn every_dashboard_query_and_rule_works_against_a_live_prometheus() -> Result<()
         }
     }
     ensure!(empty.is_empty(), "dashboard queries with no data under the workload:\n{}", empty.join("\n"));
+
+    // Every query variable has values; the pod variable narrows netns to that pod's namespace.
+    let boards = dashboards()?;
+    for (file, dash) in &boards {
+        for var in
+            dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query")
+        {
+            let (expr, label) = label_values_query(var["query"]["query"].as_str().unwrap_or(""))?;
+            let values = prometheus.query(&concrete(&expr, &netns))?;
+            ensure!(
+                values.iter().any(|v| v["metric"][&label].as_str().is_some_and(|l| !l.is_empty())),
+                "{file}: variable {} has no values: {expr}",
+                var["name"]
+            );
+        }
+    }
+    let namespace_board = &boards.iter().find(|(f, _)| f == "namespace.json").context("namespace.json")?.1;
+    let vars = namespace_board["templating"]["list"].as_array().context("templating")?;
+    let var =
+        |name: &str| vars.iter().find(|v| v["name"] == name).with_context(|| format!("no {name} variable"));
+    let pods = prometheus
+        .query(&concrete(&label_values_query(var("pod")?["query"]["query"].as_str().unwrap_or(""))?.0, ""))?;
+    ensure!(pods.iter().any(|p| p["metric"]["pod"] == pod.as_str()), "pod {pod} not offered: {pods:?}");
+    let (expr, _) = label_values_query(var("netns")?["query"]["query"].as_str().unwrap_or(""))?;
+    let picked = prometheus.query(&concrete_with(&expr, "", &pod))?;
+    let picked: Vec<&str> = picked.iter().filter_map(|v| v["metric"]["netns"].as_str()).collect();
+    ensure!(picked == [parked.inode()?.to_string()], "pod {pod} picks netns {picked:?}");
+
+    // Every table that lists namespaces links each to the Namespace dashboard: the link's
+    // dashboard exists, every variable it sets exists there, and every field it reads is a
+    // column of the table's query.
+    let uids: Vec<(&str, &Value)> =
+        boards.iter().filter_map(|(_, d)| Some((d["uid"].as_str()?, d))).collect();
+    let mut linked = 0;
+    for (file, dash) in &boards {
+        for panel in dash["panels"].as_array().into_iter().flatten().filter(|p| p["type"] == "table") {
+            let title = panel["title"].as_str().unwrap_or("");
+            let expr = panel["targets"][0]["expr"].as_str().unwrap_or("");
+            let rows = prometheus.query(&concrete(expr, &netns))?;
+            let columns: BTreeSet<&str> = rows
+                .iter()
+                .flat_map(|r| r["metric"].as_object().into_iter().flatten().map(|(k, _)| k.as_str()))
+                .collect();
+            let links = panel_links(panel);
+            if columns.contains("netns") && file != "namespace.json" {
+                ensure!(
+                    links.iter().any(|(on, _)| on.as_deref() == Some("netns")),
+                    "{file} / {title}: lists namespaces without a link on netns"
+                );
+            }
+            for (_, url) in links {
+                let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+                let uid = path.strip_prefix("/d/").and_then(|p| p.split('/').next()).unwrap_or("");
+                let target = uids.iter().find(|(u, _)| *u == uid).map(|(_, d)| *d);
+                let target =
+                    target.with_context(|| format!("{file} / {title}: no dashboard {uid:?}: {url}"))?;
+                let target_vars: Vec<&str> = target["templating"]["list"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["name"].as_str())
+                    .collect();
+                for param in query.split('&') {
+                    if let Some((name, _)) = param.strip_prefix("var-").and_then(|p| p.split_once('=')) {
+                        ensure!(
+                            target_vars.contains(&name),
+                            "{file} / {title}: {uid} has no variable {name}"
+                        );
+                    }
+                }
+                for field in
+                    url.split("${__data.fields.").skip(1).filter_map(|f| f.split_once('}')).map(|f| f.0)
+                {
+                    ensure!(
+                        columns.contains(field),
+                        "{file} / {title}: the link reads {field}, not a column"
+                    );
+                }
+                ensure!(url.contains("var-netns=${__data.fields.netns}"), "{file} / {title}: {url}");
+                linked += 1;
+            }
+        }
+    }
+    ensure!(linked >= 3, "only {linked} data links: the top-N tables and the leak table each need one");
+
+    // The leak table names the holder: this test's own leak, by pid and comm.
+    let overview = &boards.iter().find(|(f, _)| f == "overview.json").context("overview.json")?.1;
+    let leak_table = overview["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["title"] == "Who is leaking")
+        .context("no Who is leaking table")?;
+    let rows =
+        prometheus.query(&concrete(leak_table["targets"][0]["expr"].as_str().unwrap_or(""), &netns))?;
+    ensure!(
+        rows.iter().any(|r| r["metric"]["netns"] == leak.inode.to_string().as_str()
+            && r["metric"]["pid"] == leak.pid.to_string().as_str()
+            && r["metric"]["kind"] == "socket"
+            && r["metric"]["state"] == "orphaned"),
+        "the leak table lacks this test's leak: {rows:?}"
+    );
+    drop(leak);
+    std::fs::remove_dir_all(&cni)?;
 
     // Every rule loaded, evaluated without error; recording rules produce data.
     let groups = wait_for("the rules to be evaluated", Duration::from_secs(30), || {

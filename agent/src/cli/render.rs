@@ -175,7 +175,14 @@ pub fn describe(ns: &NamespaceView, journal: &[Entry]) -> String {
         let found = ns
             .holders
             .iter()
-            .map(|h| format!("pid {} ({}) {} {}", h.pid, h.comm.escape_debug(), h.kind, h.fd))
+            .map(|h| {
+                let container = if h.container_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(", container {}", h.container_id)
+                };
+                format!("pid {} ({}) {} {}{container}", h.pid, h.comm.escape_debug(), h.kind, h.fd)
+            })
             .collect::<Vec<_>>()
             .join("; ");
         let unchecked = ns.holders_unchecked_processes;
@@ -186,6 +193,25 @@ pub fn describe(ns: &NamespaceView, journal: &[Entry]) -> String {
             (false, n) => format!("{found}; maybe more: {n} processes could not be checked"),
         }
     });
+    if let Some(last) = &ns.last_known {
+        // A leaked namespace's own labels are empty: say what it was.
+        let mut was = Vec::new();
+        if !last.names.is_empty() {
+            was.push(format!("names {}", last.names.join(", ").escape_debug()));
+        }
+        if let Some(p) = &last.main_process {
+            was.push(format!("pid {} ({})", p.pid, p.comm.escape_debug()));
+        }
+        if !last.container_id.is_empty() {
+            was.push(format!("container {}", last.container_id));
+        }
+        if !last.pod.is_empty() {
+            was.push(format!("pod {}/{}", last.pod_namespace, last.pod));
+        }
+        if !was.is_empty() {
+            field("last known", was.join(", "));
+        }
+    }
     let _ = writeln!(out, "\njournal:");
     if journal.is_empty() {
         let _ = writeln!(out, "  (nothing recorded since the agent started)");

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::snapshot::Snapshot;
+use crate::model::{snapshot::Snapshot, states::State};
 use netns_agent_common::{
     lifecycle::SETUP_BUCKETS_NS,
     routes::{family, kind, result},
@@ -152,6 +152,30 @@ pub const NETNS_CREATED_TIME: MetricDef = def(
     &["netns"],
     "When a live namespace was created (Unix time): its creation if the agent saw it, boot for the host's, else when the agent first saw it (an upper bound). Age: time() - this.",
 );
+pub const NETNS_LEAK_INFO: MetricDef = def(
+    "netns_leak_info",
+    GAUGE,
+    &[
+        "netns",
+        "state",
+        "name",
+        "creator_comm",
+        "creator_container_id",
+        "container_id",
+        "pod",
+        "pod_namespace",
+    ],
+    "One series (value 1) per namespace in a leak state (orphaned, dying): who created it, and the names, container and pod it was last seen with (netns_info's are empty by then). Join on netns.",
+);
+pub const NETNS_HOLDER_FDS: MetricDef = def(
+    "netns_holder_fds",
+    GAUGE,
+    &["netns", "kind", "pid", "comm", "container_id"],
+    "File descriptors by which a process keeps an orphaned namespace alive: kind netns fd (an nsfs file) or socket (created in it). At most 16 processes per namespace; the rest are summed under pid=\"\", comm=\"(other)\".",
+);
+/// Holding processes exported one by one per namespace (`netns_holder_fds`): a leak can be
+/// one process per pod, but a fork bomb holding a socket each must not flood the exposition.
+pub const HOLDERS_PER_NETNS: usize = 16;
 pub const NAMESPACES_DROPPED: MetricDef = def(
     "netns_agent_namespaces_dropped_total",
     COUNTER,
@@ -212,6 +236,8 @@ pub const ALL: &[&MetricDef] = &[
     &NETNS_PROCESSES,
     &NETNS_NAMESPACES,
     &NETNS_CREATED_TIME,
+    &NETNS_LEAK_INFO,
+    &NETNS_HOLDER_FDS,
     &NAMESPACES_DROPPED,
 ];
 
@@ -296,6 +322,8 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
     let mut info = Family::new(&NETNS_INFO);
     let mut processes = Family::new(&NETNS_PROCESSES);
     let mut created_at = Family::new(&NETNS_CREATED_TIME);
+    let mut leak = Family::new(&NETNS_LEAK_INFO);
+    let mut holders = Family::new(&NETNS_HOLDER_FDS);
     for ns in &snap.namespaces {
         let netns = ns.netns.to_string();
         let (pid, comm) =
@@ -308,12 +336,39 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         if ns.state != "gone" && ns.state != "terminating" && ns.state != "dying" {
             created_at.add(&[&netns], ns.created_unix_seconds);
         }
+        if ns.state == State::Orphaned.as_str() || ns.state == State::Dying.as_str() {
+            let (creator_comm, creator_container) =
+                ns.creator.as_ref().map_or(("", ""), |c| (c.comm.as_str(), c.container_id.as_str()));
+            // Never seen with a process or a name: the creator is all there is.
+            let last = ns.last_known.clone().unwrap_or_default();
+            leak.add(
+                &[
+                    &netns,
+                    &ns.state,
+                    &last.names.join(","),
+                    creator_comm,
+                    creator_container,
+                    &last.container_id,
+                    &last.pod,
+                    &last.pod_namespace,
+                ],
+                1.0,
+            );
+        }
+        add_holders(&mut holders, &netns, &ns.holders);
     }
     let mut state = Family::new(&NETNS_NAMESPACES);
     for (s, n) in &snap.states {
         state.add(&[s.as_str()], *n as f64);
     }
-    out.extend([info.finish(), processes.finish(), state.finish(), created_at.finish()]);
+    out.extend([
+        info.finish(),
+        processes.finish(),
+        state.finish(),
+        created_at.finish(),
+        leak.finish(),
+        holders.finish(),
+    ]);
     out.push(single(&NAMESPACES_DROPPED, snap.dropped as f64));
 
     let mut moves = Family::new(&DEVICE_MOVES);
@@ -356,6 +411,26 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         &prometheus::process_collector::ProcessCollector::for_self(),
     ));
     families
+}
+
+/// One namespace's holders as `netns_holder_fds`: descriptors counted per (process, kind),
+/// the [`HOLDERS_PER_NETNS`] processes holding most one by one, the rest summed per kind.
+fn add_holders(family: &mut Family, netns: &str, holders: &[crate::model::view::HolderView]) {
+    let mut by_process: BTreeMap<(i32, &str), (&crate::model::view::HolderView, u64)> = BTreeMap::new();
+    for h in holders {
+        by_process.entry((h.pid, h.kind.as_str())).or_insert((h, 0)).1 += 1;
+    }
+    let mut ranked: Vec<_> = by_process.into_values().collect();
+    ranked.sort_by_key(|(h, fds)| (std::cmp::Reverse(*fds), h.pid));
+    let mut pids = std::collections::BTreeSet::new();
+    for (h, fds) in ranked {
+        if pids.len() < HOLDERS_PER_NETNS || pids.contains(&h.pid) {
+            pids.insert(h.pid);
+            family.add(&[netns, &h.kind, &h.pid.to_string(), &h.comm, &h.container_id], fds as f64);
+        } else {
+            family.add(&[netns, &h.kind, "", OTHER_COMM, ""], fds as f64);
+        }
+    }
 }
 
 /// Samples of one family, keyed by label values. Samples with equal label values are
@@ -489,6 +564,85 @@ mod tests {
                 def.name
             );
         }
+    }
+
+    fn holder(pid: i32, kind: &str) -> crate::model::view::HolderView {
+        crate::model::view::HolderView {
+            pid,
+            comm: format!("p{pid}"),
+            fd: 3,
+            kind: kind.into(),
+            container_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn leaked_namespaces_name_their_creator_last_owner_and_holders() {
+        use crate::model::view::{CreatorView, LastKnownView, NamespaceView};
+        let orphan = NamespaceView {
+            netns: 42,
+            state: "orphaned".into(),
+            creator: Some(CreatorView {
+                pid: 9,
+                comm: "runc:[1:CHILD]".into(),
+                container_id: "sb".into(),
+                setup_ms: 1.0,
+            }),
+            last_known: Some(LastKnownView {
+                names: vec!["leaky".into()],
+                container_id: "sb".into(),
+                pod: "cart".into(),
+                pod_namespace: "shop".into(),
+                ..Default::default()
+            }),
+            // Two sockets and a netns fd of pid 7: two series, the sockets counted as 2.
+            holders: vec![holder(7, "socket"), holder(7, "socket"), holder(7, "netns fd")],
+            ..Default::default()
+        };
+        let dying = NamespaceView { netns: 43, state: "dying".into(), ..Default::default() };
+        let active = NamespaceView { netns: 44, state: "active".into(), ..Default::default() };
+        let snap = Snapshot { namespaces: vec![orphan, dying, active], ..Default::default() };
+        let out = render(&snap).unwrap();
+        for line in [
+            r#"netns_leak_info{netns="42",state="orphaned",name="leaky",creator_comm="runc:[1:CHILD]",creator_container_id="sb",container_id="sb",pod="cart",pod_namespace="shop"} 1"#,
+            r#"netns_leak_info{netns="43",state="dying",name="",creator_comm="",creator_container_id="",container_id="",pod="",pod_namespace=""} 1"#,
+            r#"netns_holder_fds{netns="42",kind="socket",pid="7",comm="p7",container_id="c"} 2"#,
+            r#"netns_holder_fds{netns="42",kind="netns fd",pid="7",comm="p7",container_id="c"} 1"#,
+        ] {
+            assert!(out.contains(&format!("\n{line}\n")), "{line}: {out}");
+        }
+        assert!(!out.contains(r#"netns_leak_info{netns="44""#), "an active namespace is no leak: {out}");
+    }
+
+    #[test]
+    fn holders_past_the_cap_are_summed_as_other() {
+        let mut f = Family::new(&NETNS_HOLDER_FDS);
+        // pid 1 holds by 3 sockets (ranked first), then 20 processes by one socket each.
+        let mut holders = vec![holder(1, "socket"), holder(1, "socket"), holder(1, "socket")];
+        holders.extend((100..120).map(|pid| holder(pid, "socket")));
+        add_holders(&mut f, "42", &holders);
+        let out = text(vec![f.finish()]);
+        let series: Vec<&str> = out.lines().filter(|l| l.starts_with("netns_holder_fds{")).collect();
+        assert_eq!(series.len(), HOLDERS_PER_NETNS + 1, "{out}");
+        assert!(
+            out.contains(
+                r#"netns_holder_fds{netns="42",kind="socket",pid="1",comm="p1",container_id="c"} 3"#
+            ),
+            "{out}"
+        );
+        // 15 of the 20 one-socket holders fit (lowest pids first), 5 are summed.
+        assert!(
+            out.contains(
+                r#"netns_holder_fds{netns="42",kind="socket",pid="114",comm="p114",container_id="c"} 1"#
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"netns_holder_fds{netns="42",kind="socket",pid="",comm="(other)",container_id=""} 5"#
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Holder {
     pub fd: i32,
     /// `netns fd` (an open /proc/PID/ns/net or nsfs file) or `socket` (created in it).
     pub kind: &'static str,
+    /// The container the holding process's cgroup names, or empty.
+    pub container_id: String,
 }
 
 /// `SIOCGSKNS`: an ioctl on a socket that returns a file descriptor of its namespace.
@@ -188,6 +190,8 @@ pub fn find_holders(sources: &Sources, targets: &HashSet<u32>) -> Holders {
             .map(|c| labels::from_bytes(c.trim_ascii_end()))
             .unwrap_or_default();
         let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
+        // Read only for a process that holds something: most hold nothing.
+        let mut container_id: Option<String> = None;
         for fd in fds.flatten() {
             let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             let link = match std::fs::read_link(fd.path()) {
@@ -220,11 +224,18 @@ pub fn find_holders(sources: &Sources, targets: &HashSet<u32>) -> Holders {
                 }
             };
             if let Some(inum) = inum.filter(|i| targets.contains(i)) {
+                let container_id = container_id
+                    .get_or_insert_with(|| {
+                        let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+                        parse::cgroup::container_id(&cgroup).unwrap_or_default()
+                    })
+                    .clone();
                 holders.found.entry(inum).or_default().push(Holder {
                     pid,
                     comm: comm.clone(),
                     fd: fd_num,
                     kind,
+                    container_id,
                 });
             }
         }

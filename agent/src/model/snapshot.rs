@@ -17,7 +17,7 @@ use super::{
     journal,
     owners::Owner,
     states::{self, State},
-    view::{CreatorView, HolderView, NamespaceView, ProcessView},
+    view::{CreatorView, HolderView, LastKnownView, NamespaceView, ProcessView},
 };
 
 /// One probe and how it attached.
@@ -160,6 +160,7 @@ impl Model {
                                         comm: h.comm.clone(),
                                         fd: h.fd,
                                         kind: h.kind.to_owned(),
+                                        container_id: h.container_id.clone(),
                                     })
                                     .collect()
                             })
@@ -171,6 +172,16 @@ impl Model {
                         } else {
                             0
                         },
+                        last_known: ns.last_owner.as_ref().filter(|_| s.is_leak()).map(|o| LastKnownView {
+                            names: o.names.iter().cloned().collect(),
+                            main_process: o
+                                .main
+                                .as_ref()
+                                .map(|m| ProcessView { pid: m.pid, comm: m.comm.clone() }),
+                            container_id: o.container_id.clone(),
+                            pod: o.pod.clone(),
+                            pod_namespace: o.pod_namespace.clone(),
+                        }),
                     }
                 })
                 .collect();

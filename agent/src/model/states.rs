@@ -34,6 +34,13 @@ impl State {
     pub const HELD: [State; 6] =
         [State::New, State::Active, State::Parked, State::Orphaned, State::Terminating, State::Dying];
 
+    /// The states of a leak: nothing lives in the namespace or names it, yet it stays
+    /// (`orphaned`), or its teardown is stuck (`dying`). `terminating` is a teardown under
+    /// way (milliseconds), not a leak.
+    pub fn is_leak(self) -> bool {
+        matches!(self, State::Orphaned | State::Dying)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::New => "new",

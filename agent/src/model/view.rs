@@ -26,6 +26,20 @@ pub struct HolderView {
     pub comm: String,
     pub fd: i32,
     pub kind: String,
+    /// The holding process's container (from its cgroup), or empty.
+    #[serde(default)]
+    pub container_id: String,
+}
+
+/// What a namespace in a leak state (`orphaned`, `dying`) was last seen as, while a process
+/// lived in it or a mount named it: its own labels are empty by then (nothing is in it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LastKnownView {
+    pub names: Vec<String>,
+    pub main_process: Option<ProcessView>,
+    pub container_id: String,
+    pub pod: String,
+    pub pod_namespace: String,
 }
 
 /// One namespace, everything the agent knows about it.
@@ -61,6 +75,10 @@ pub struct NamespaceView {
     /// there: with none found, the holder is unknown rather than absent.
     #[serde(default)]
     pub holders_unchecked_processes: u32,
+    /// For a namespace in a leak state: what it was last seen as (None: another state, or
+    /// never seen with a process or a name).
+    #[serde(default)]
+    pub last_known: Option<LastKnownView>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
