@@ -91,7 +91,12 @@ pub struct KernelOffsets {
     pub sock_family: u32,
     /// `sock.sk_protocol` (a u16 since 5.6; a bitfield before, which leaves it unknown).
     pub sock_protocol: u32,
-    _reserved: u32,
+    /// `fdtable.max_fds`: a file descriptor from a syscall is checked against it.
+    pub fdtable_max_fds: u32,
+    /// `file.f_inode`
+    pub file_f_inode: u32,
+    /// `inode.i_mode`: only a socket's inode has `S_IFSOCK`.
+    pub inode_i_mode: u32,
 }
 
 impl KernelOffsets {
@@ -136,10 +141,12 @@ impl KernelOffsets {
         sock_net: UNKNOWN,
         sock_family: UNKNOWN,
         sock_protocol: UNKNOWN,
-        _reserved: 0,
+        fdtable_max_fds: UNKNOWN,
+        file_f_inode: UNKNOWN,
+        inode_i_mode: UNKNOWN,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 160);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 168);
 
 crate::user_pod!(KernelOffsets);

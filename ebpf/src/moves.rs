@@ -181,15 +181,36 @@ const SENDTO_ADDR_LEN: usize = 56;
 const SOCKADDR_NL_LEN: u64 = 12;
 const NETDEV_HASH_MASK: u32 = 255;
 
-/// The `struct sock *` behind file descriptor `fd` of the current task.
+/// `S_IFMT` and `S_IFSOCK` of `inode.i_mode`.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+/// Error for a descriptor that is not an open socket (the syscall fails with EBADF or
+/// ENOTSOCK; nothing is recorded).
+const NOT_A_SOCKET: i64 = -88;
+
+/// The `struct sock *` behind file descriptor `fd` of the current task. The descriptor comes
+/// from the caller unchecked: one past the table, closed, or not a socket is refused here,
+/// as the syscall will refuse it, rather than read through whatever memory lies there.
 #[inline(always)]
 fn socket_of(fd: u64) -> Result<u64, i64> {
     // SAFETY: the helper only returns a pointer value.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, offset!(task_files))?;
     let fdt: u64 = read(files, offset!(files_fdt))?;
+    let max_fds: u32 = read(fdt, offset!(fdtable_max_fds))?;
+    if fd >= u64::from(max_fds) {
+        return Err(NOT_A_SOCKET);
+    }
     let fds: u64 = read(fdt, offset!(fdtable_fd))?;
-    let file: u64 = read(fds, (fd & 0xffff) * 8)?;
+    let file: u64 = read(fds, fd * 8)?;
+    if file == 0 {
+        return Err(NOT_A_SOCKET);
+    }
+    let inode: u64 = read(file, offset!(file_f_inode))?;
+    let mode: u16 = read(inode, offset!(inode_i_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Err(NOT_A_SOCKET);
+    }
     let socket: u64 = read(file, offset!(file_private_data))?;
     read(socket, offset!(socket_sk))
 }

@@ -29,7 +29,7 @@ use crate::{
         maps::MapError,
         probes::CLEANUP_PROBE,
         procfs::CgroupNames,
-        ring::{EventStream, RingError},
+        ring::{EventRing, EventStream, RingError},
     },
     model::{
         Model,
@@ -134,7 +134,8 @@ struct Started {
     outcomes: Vec<ProbeOutcome>,
     release: String,
     maps: FamilyMaps,
-    stream: EventStream,
+    /// Registered with the serving runtime, which polls it.
+    ring: EventRing,
     namespaces: NamespaceTable,
     inventory: Option<Inventory>,
     events_file: Option<EventsFile>,
@@ -205,7 +206,7 @@ async fn start(settings: &Settings) -> Result<Started, DaemonError> {
 
     let cleanup_attached = outcomes.iter().any(|o| o.probe.name == CLEANUP_PROBE && o.attached.is_some());
     let maps = FamilyMaps::take(&mut ebpf, cleanup_attached)?;
-    let stream = EventStream::take(&mut ebpf)?;
+    let ring = EventRing::take(&mut ebpf)?;
     let mut namespaces = NamespaceTable::with_capacity(settings.limits.tracked_namespaces);
     let inventory = seed(&mut ebpf, &mut namespaces);
     let events_file = match &settings.events_file {
@@ -219,7 +220,7 @@ async fn start(settings: &Settings) -> Result<Started, DaemonError> {
         outcomes,
         release,
         maps,
-        stream,
+        ring,
         namespaces,
         inventory,
         events_file,
@@ -235,7 +236,7 @@ async fn serve(started: Started, settings: Settings, reload: Reload) -> Result<(
         outcomes,
         release,
         maps,
-        stream,
+        ring,
         namespaces,
         inventory,
         events_file,
@@ -252,6 +253,7 @@ async fn serve(started: Started, settings: Settings, reload: Reload) -> Result<(
     } else {
         None
     };
+    let stream = EventStream::register(ring)?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|err| expose::http::ListenError::new(settings.listen, err.to_string()))?;
     let agent: Shared = Arc::new(Agent {

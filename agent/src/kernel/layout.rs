@@ -120,6 +120,9 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec { name: "sock_net", paths: &["sock.__sk_common.skc_net.net"], set: |o, v| o.sock_net = v },
     FieldSpec { name: "sock_family", paths: &["sock.__sk_common.skc_family"], set: |o, v| o.sock_family = v },
     FieldSpec { name: "sock_protocol", paths: &["sock.sk_protocol"], set: |o, v| o.sock_protocol = v },
+    FieldSpec { name: "fdtable_max_fds", paths: &["fdtable.max_fds"], set: |o, v| o.fdtable_max_fds = v },
+    FieldSpec { name: "file_f_inode", paths: &["file.f_inode"], set: |o, v| o.file_f_inode = v },
+    FieldSpec { name: "inode_i_mode", paths: &["inode.i_mode"], set: |o, v| o.inode_i_mode = v },
 ];
 
 /// Names of every field the programs may read.

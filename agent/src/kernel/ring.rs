@@ -40,10 +40,20 @@ pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
 }
 
-impl EventStream {
-    /// Takes the ring buffer out of the object and registers it with the runtime.
+/// The ring buffer taken out of the object, not yet registered with a runtime.
+pub struct EventRing(RingBuf<MapData>);
+
+impl EventRing {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, RingError> {
-        let ring: RingBuf<MapData> = take(ebpf, "EVENTS")?;
+        Ok(Self(take(ebpf, "EVENTS")?))
+    }
+}
+
+impl EventStream {
+    /// Registers the ring buffer with the current runtime, the one that will poll it (a
+    /// registration belongs to the runtime it was made on). Records written before wait in
+    /// the ring.
+    pub fn register(EventRing(ring): EventRing) -> Result<Self, RingError> {
         // SAFETY: the ring buffer owns its fd and keeps it open as long as the AsyncFd holds it.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|err| RingError::Register(std::io::Error::other(err.to_string())))?;
