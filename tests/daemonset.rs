@@ -613,8 +613,7 @@ fn leak_holders_named(port: u16) -> Result<String> {
     let mut named = Vec::new();
     for held_by in [HeldBy::Socket, HeldBy::NetnsFd] {
         let (holder, inode) = OrphanedNetns::held_by(held_by)?.give_to_nobody()?;
-        let expected =
-            serde_json::json!([{"pid": holder.pid(), "comm": "sleep", "fd": 3, "kind": held_by.kind()}]);
+        let expected = serde_json::json!([{"pid": holder.pid(), "comm": "sleep", "fd": 3, "kind": held_by.kind(), "container_id": ""}]);
         wait_for(&format!("the {} holding {inode} named", held_by.kind()), Duration::from_secs(30), || {
             let body = http_get(port, "/api/v1/namespaces")?;
             let all: Vec<serde_json::Value> = serde_json::from_str(&body)?;

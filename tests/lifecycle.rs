@@ -379,3 +379,85 @@ fn sigterm_stops_cleanly_and_detaches_every_program() -> Result<()> {
         if left.is_empty() { Ok(Some(())) } else { anyhow::bail!("still loaded: {left:?}") }
     })
 }
+
+/// Sets `kernel.bpf_stats_enabled` for the test and puts the old value back on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(path)?.trim().to_owned();
+        std::fs::write(path, "1")?;
+        Ok(Self(old))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// The kernel side's own cost: one series per program the agent holds, runs and run time
+/// that grow with the work it does while the kernel counts them, and the memory its maps
+/// are charged, equal to what the kernel reports for the agent's map descriptors.
+#[test]
+fn the_kernel_sides_cost_and_memory_are_exported() -> Result<()> {
+    let agent = Agent::start()?;
+    let stats = BpfStats::enable()?;
+    let sum = |m: &Metrics, name: &str| m.sum_where(name, |_| true);
+    let before = agent.scrape()?;
+    ensure!(before.value("netns_agent_bpf_stats_enabled", &[])? == 1.0, "bpf_stats_enabled not seen as 1");
+    let programs: BTreeSet<String> =
+        before.series("netns_agent_program_runs_total").iter().map(|l| l["program"].clone()).collect();
+    let held = agent.program_ids()?;
+    ensure!(
+        !programs.is_empty() && programs.len() == held.len(),
+        "{} program series for the {} programs the agent holds: {programs:?}",
+        programs.len(),
+        held.len()
+    );
+    // Each creation runs at least one of the agent's programs.
+    let created: Vec<NamedNetns> = (0..5).map(|_| NamedNetns::add("cost")).collect::<Result<_>>()?;
+    let after = wait_for("runs counted for the creations", Duration::from_secs(10), || {
+        let m = agent.scrape()?;
+        let runs = sum(&m, "netns_agent_program_runs_total") - sum(&before, "netns_agent_program_runs_total");
+        let time = sum(&m, "netns_agent_program_run_seconds_total")
+            - sum(&before, "netns_agent_program_run_seconds_total");
+        Ok((runs >= created.len() as f64 && time > 0.0).then_some(m))
+    })?;
+    // Map memory: the memlock of each map the agent holds, once per map.
+    let mut maps = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid()))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
+        let field = |key: &str| {
+            text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:")) {
+            maps.insert(id, memlock);
+        }
+    }
+    let expected: u64 = maps.values().sum();
+    let exported = after.value("netns_agent_kernel_map_bytes", &[])?;
+    ensure!(
+        exported == expected as f64,
+        "map bytes {exported}, the kernel reports {expected} for {} maps",
+        maps.len()
+    );
+    drop(stats);
+    let off = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?.trim() == "0";
+    if off {
+        ensure!(
+            agent.scrape()?.value("netns_agent_bpf_stats_enabled", &[])? == 0.0,
+            "bpf_stats_enabled stays 1"
+        );
+    }
+    println!(
+        "{} programs, runs +{} for 5 creations, {} maps {} bytes",
+        programs.len(),
+        sum(&after, "netns_agent_program_runs_total") - sum(&before, "netns_agent_program_runs_total"),
+        maps.len(),
+        expected
+    );
+    Ok(())
+}

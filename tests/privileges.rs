@@ -167,8 +167,7 @@ fn everything_works_under(what: &str, caps: &Caps) -> Result<()> {
             || orphan_view(&agent, *inode),
         )
         .with_context(|| agent.log_text())?;
-        let expected =
-            serde_json::json!([{"pid": holder.pid(), "comm": "sleep", "fd": 3, "kind": held_by.kind()}]);
+        let expected = serde_json::json!([{"pid": holder.pid(), "comm": "sleep", "fd": 3, "kind": held_by.kind(), "container_id": ""}]);
         ensure!(
             view["holders"] == expected,
             "{what}: holders of {inode}: {} (expected {expected})",

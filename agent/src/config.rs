@@ -136,7 +136,7 @@ pub const KEYS: &[Key] = &[
         limits::ROUTE_KEYS as u64,
         64,
         1 << 22,
-        "(namespace, family, table) keys the route-lookup counters hold.",
+        "(namespace, family, table) keys the route-lookup counters hold; by default fewer on hosts with many CPUs, so that the per-CPU counters stay within 32 MiB (4096 on 128 CPUs).",
     ),
     number(
         "limits.tracked_namespaces",
@@ -382,7 +382,10 @@ impl Settings {
             maps: KernelTables {
                 kernel_namespaces: checked("limits.kernel_namespaces", file.limits.kernel_namespaces)? as u32,
                 event_buffer_bytes: event_buffer_bytes as u32,
-                route_keys: checked("limits.route_keys", file.limits.route_keys)? as u32,
+                route_keys: checked(
+                    "limits.route_keys",
+                    file.limits.route_keys.or(Some(u64::from(crate::kernel::host::default_route_keys()))),
+                )? as u32,
                 route_table_detail: file.route_table_detail.unwrap_or(false),
             },
             tracked_namespaces: checked("limits.tracked_namespaces", file.limits.tracked_namespaces)?

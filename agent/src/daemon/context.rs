@@ -37,6 +37,8 @@ pub struct Agent {
     pub scanned: std::sync::atomic::AtomicBool,
     /// Set when the last SIGHUP's config was refused; cleared by one that loads.
     pub reload_failed: std::sync::atomic::AtomicBool,
+    /// The loaded programs' names by kernel id, for their cost metrics.
+    pub programs: crate::kernel::health::ProgramNames,
 }
 
 impl Agent {
@@ -131,6 +133,7 @@ impl Source for Agent {
         let counters = self.maps().read();
         let mut snapshot = self.model.snapshot(self.facts.clone(), self.health.tasks(), counters);
         snapshot.config_reload_failed = self.reload_failed.load(std::sync::atomic::Ordering::Relaxed);
+        snapshot.kernel = crate::kernel::health::read(&self.programs);
         snapshot
     }
 

@@ -280,6 +280,7 @@ async fn serve(started: Started, settings: Settings, reload: Reload) -> Result<(
         rescan_soon: tokio::sync::Notify::new(),
         scanned: std::sync::atomic::AtomicBool::new(false),
         reload_failed: std::sync::atomic::AtomicBool::new(false),
+        programs: crate::kernel::health::ProgramNames::of(&ebpf),
         cgroups: Mutex::new(CgroupNames::new(&settings.sources)),
     });
     let ebpf = Arc::new(Mutex::new(ebpf));

@@ -201,6 +201,36 @@ pub const JOURNAL_WRITABLE: MetricDef = def(
     &[],
     "0 while writes to the events file fail, else 1 (also 1 without an events file).",
 );
+pub const PROGRAM_RUN_TIME: MetricDef = def(
+    "netns_agent_program_run_seconds_total",
+    COUNTER,
+    &["program"],
+    "Time the kernel spent in each of the agent's programs, seconds; counted only while kernel.bpf_stats_enabled is 1.",
+);
+pub const PROGRAM_RUNS: MetricDef = def(
+    "netns_agent_program_runs_total",
+    COUNTER,
+    &["program"],
+    "Runs of each of the agent's programs; counted only while kernel.bpf_stats_enabled is 1.",
+);
+pub const PROGRAM_RECURSION_MISSES: MetricDef = def(
+    "netns_agent_program_recursion_misses_total",
+    COUNTER,
+    &["program"],
+    "Times the kernel skipped a program because it was already running on that CPU: events it could not count (0 before Linux 5.12).",
+);
+pub const BPF_STATS: MetricDef = def(
+    "netns_agent_bpf_stats_enabled",
+    GAUGE,
+    &[],
+    "1 while kernel.bpf_stats_enabled is 1 (programs' run time and runs are counted), else 0.",
+);
+pub const MAP_BYTES: MetricDef = def(
+    "netns_agent_kernel_map_bytes",
+    GAUGE,
+    &[],
+    "Memory the kernel charges for the agent's maps (their memlock), bytes.",
+);
 pub const TASK_RESTARTS: MetricDef = def(
     "netns_agent_task_restarts_total",
     COUNTER,
@@ -219,6 +249,11 @@ pub const ALL: &[&MetricDef] = &[
     &EVENTS_LOST,
     &JOURNAL_WRITE_ERRORS,
     &JOURNAL_WRITABLE,
+    &PROGRAM_RUN_TIME,
+    &PROGRAM_RUNS,
+    &PROGRAM_RECURSION_MISSES,
+    &BPF_STATS,
+    &MAP_BYTES,
     &LIVE_FULL,
     &RECONCILED,
     &CREATED,
@@ -292,6 +327,16 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
     out.push(single(&EVENTS_LOST, snap.counters.events_lost as f64));
     out.push(single(&JOURNAL_WRITE_ERRORS, snap.journal_write_errors as f64));
     out.push(single(&JOURNAL_WRITABLE, if snap.journal_writable { 1.0 } else { 0.0 }));
+    let (mut run_time, mut runs, mut misses) =
+        (Family::new(&PROGRAM_RUN_TIME), Family::new(&PROGRAM_RUNS), Family::new(&PROGRAM_RECURSION_MISSES));
+    for p in &snap.kernel.programs {
+        run_time.add(&[&p.name], p.run_time_ns as f64 / 1e9);
+        runs.add(&[&p.name], p.runs as f64);
+        misses.add(&[&p.name], p.recursion_misses as f64);
+    }
+    out.extend([run_time.finish(), runs.finish(), misses.finish()]);
+    out.push(single(&BPF_STATS, if snap.kernel.stats_enabled { 1.0 } else { 0.0 }));
+    out.push(single(&MAP_BYTES, snap.kernel.map_bytes as f64));
 
     let lc = &snap.counters.lifecycle;
     let mut created = Family::new(&CREATED);

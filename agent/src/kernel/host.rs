@@ -185,6 +185,18 @@ pub fn limit_arenas() {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
 }
 
+/// Possible CPUs: what the kernel sizes per-CPU map values by.
+pub fn possible_cpus() -> u64 {
+    aya::util::nr_cpus().map_or(1, |n| n as u64)
+}
+
+/// The default `limits.route_keys` for this host: the per-CPU route counters (one u64 per
+/// lookup result) within their memory budget on its CPUs.
+pub fn default_route_keys() -> u32 {
+    let value_bytes = (netns_agent_common::routes::result::COUNT * 8) as u64;
+    netns_agent_common::limits::route_keys_for_cpus(possible_cpus(), value_bytes)
+}
+
 /// Hands free heap pages back to the system (after a BTF parse or a /proc scan).
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap memory.
@@ -257,6 +269,24 @@ mod tests {
         assert!(check_kernel_version("5.14.0").is_ok());
         assert!(check_kernel_version("6.18.44").is_ok());
         assert!(check_kernel_version("unknown").is_ok());
+    }
+
+    #[test]
+    fn route_keys_scale_down_with_cpus() {
+        use netns_agent_common::limits::{
+            ROUTE_COUNTERS_BYTES, ROUTE_KEY_OVERHEAD_BYTES, route_keys_for_cpus,
+        };
+        assert_eq!(route_keys_for_cpus(2, 56), 65536);
+        assert_eq!(route_keys_for_cpus(16, 56), 32768);
+        assert_eq!(route_keys_for_cpus(128, 56), 4096);
+        assert_eq!(route_keys_for_cpus(100_000, 56), 1024);
+        for cpus in [1, 2, 4, 8, 16, 32, 64, 96, 128, 256] {
+            let keys = u64::from(route_keys_for_cpus(cpus, 56));
+            assert!(
+                keys == 1024 || keys * (ROUTE_KEY_OVERHEAD_BYTES + 56 * cpus) <= ROUTE_COUNTERS_BYTES,
+                "{cpus}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod clock;
+pub mod health;
 pub mod host;
 pub mod inventory;
 pub mod layout;

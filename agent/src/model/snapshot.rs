@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub journal_write_errors: u64,
     /// The events file takes lines now (true without one).
     pub journal_writable: bool,
+    /// The kernel side's own cost and memory (filled by the daemon, which holds the programs).
+    pub kernel: crate::kernel::health::KernelHealth,
 }
 
 impl Model {
@@ -218,6 +220,7 @@ impl Model {
                 config_reload_failed: false,
                 journal_write_errors: state.journal.file_health().0,
                 journal_writable: state.journal.file_health().1,
+                kernel: Default::default(),
             }
         })
     }
