@@ -134,7 +134,8 @@ struct Started {
     outcomes: Vec<ProbeOutcome>,
     release: String,
     maps: FamilyMaps,
-    stream: EventStream,
+    /// Taken on the start-up runtime, registered on the serving one (see EventStream::register).
+    stream: aya::maps::RingBuf<aya::maps::MapData>,
     namespaces: NamespaceTable,
     inventory: Option<Inventory>,
     events_file: Option<EventsFile>,
@@ -252,6 +253,7 @@ async fn serve(started: Started, settings: Settings, reload: Reload) -> Result<(
     } else {
         None
     };
+    let stream = EventStream::register(stream)?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|err| expose::http::ListenError::new(settings.listen, err.to_string()))?;
     let agent: Shared = Arc::new(Agent {

@@ -41,9 +41,15 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// Takes the ring buffer out of the object and registers it with the runtime.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, RingError> {
-        let ring: RingBuf<MapData> = take(ebpf, "EVENTS")?;
+    /// Takes the ring buffer out of the object, not yet registered with a runtime.
+    pub fn take(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, RingError> {
+        Ok(take(ebpf, "EVENTS")?)
+    }
+
+    /// Registers the ring buffer with the runtime this is called on, which must be the one
+    /// that reads it: a registration dies with its runtime's reactor (start-up runs on a
+    /// runtime of its own, dropped before serving begins).
+    pub fn register(ring: RingBuf<MapData>) -> Result<Self, RingError> {
         // SAFETY: the ring buffer owns its fd and keeps it open as long as the AsyncFd holds it.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|err| RingError::Register(std::io::Error::other(err.to_string())))?;
