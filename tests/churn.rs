@@ -502,6 +502,10 @@ fn churn_counts_exactly_with_memory_series_and_scrapes_bounded() -> Result<()> {
         "rss_slope_kib_per_1000": kib_per_1000,
         "rss_slope_bound_kib_per_1000": bound,
         "samples": samples.len(),
+        // RSS at each tenth of the run: the shape behind the slope.
+        "rss_kib_by_tenth": (1..=10)
+            .filter_map(|t| samples.iter().find(|s| s.done >= total * t / 10).map(|s| s.rss_kib))
+            .collect::<Vec<_>>(),
         "cap": cap,
         "max_netns_values": max_values,
         "max_series": max_series,
