@@ -548,7 +548,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         {
             report = crate::soak::replace_section(
                 &report,
-                &previous[begin + crate::soak::BEGIN.len()..end].trim_start_matches('\n'),
+                previous[begin + crate::soak::BEGIN.len()..end].trim_start_matches('\n'),
             );
         }
     }
