@@ -537,10 +537,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let out = if args.out.is_absolute() { args.out.clone() } else { workspace_root().join(&args.out) };
     // Hand-written reading of the numbers, kept across runs below this marker.
     const MARKER: &str = "<!-- analysis: kept by cargo xtask bench -->";
-    if let Ok(previous) = std::fs::read_to_string(&out)
-        && let Some(at) = previous.find(MARKER)
-    {
-        report.push_str(&previous[at..]);
+    if let Ok(previous) = std::fs::read_to_string(&out) {
+        if let Some(at) = previous.find(MARKER) {
+            report.push_str(&previous[at..]);
+        }
+        // `cargo xtask soak`'s section is its own: kept as it was.
+        if let (Some(begin), Some(end)) = (previous.find(crate::soak::BEGIN), previous.find(crate::soak::END))
+            && !report.contains(crate::soak::BEGIN)
+            && end > begin
+        {
+            report = crate::soak::replace_section(
+                &report,
+                previous[begin + crate::soak::BEGIN.len()..end].trim_start_matches('\n'),
+            );
+        }
     }
     std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("\nwritten to {}", out.display());

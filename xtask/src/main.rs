@@ -8,6 +8,7 @@ mod deploy;
 mod fuzz;
 mod image;
 mod setup;
+mod soak;
 mod test;
 mod tier;
 mod util;
@@ -44,6 +45,10 @@ enum Command {
     /// Measure the agent's cost (per event, per packet, user space) against an empty program
     /// and bpftrace; prints a table and writes BENCHMARKS.md. Never fails on slow numbers.
     Bench(bench::BenchArgs),
+    /// Churn soak: 100,000 namespace creations and destructions (`--count N`) by 16
+    /// concurrent creators with moves and traffic mixed in (tests/churn.rs at full size);
+    /// writes its figures to their own section of BENCHMARKS.md. Fails if a check fails.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,5 +94,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Image(args) => image::build(&args).map(|_| ()),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
     }
 }
