@@ -170,6 +170,86 @@ fn a_hostile_process_name_keeps_the_exposition_valid() -> Result<()> {
     Ok(())
 }
 
+/// A namespace bind-mounted on a file in a fresh directory whose name holds every character
+/// mountinfo escapes (space, tab, newline, backslash) and the quotes; unmounted and removed on
+/// drop.
+struct HostileMount {
+    dir: std::path::PathBuf,
+    file: std::path::PathBuf,
+}
+
+impl HostileMount {
+    fn bind(netns: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(netns_agent_e2e::unique("netns-agent-hostile a\"b'c\\d\ne\tf-"));
+        std::fs::create_dir(&dir)?;
+        let file = dir.join("net");
+        let mount = Self { dir, file };
+        std::fs::write(&mount.file, b"")?;
+        // No shell: the path goes to mount(8) as one argument, newline and all.
+        let out = std::process::Command::new("mount").arg("--bind").arg(netns).arg(&mount.file).output()?;
+        ensure!(out.status.success(), "mount --bind: {}", String::from_utf8_lossy(&out.stderr).trim());
+        Ok(mount)
+    }
+
+    fn path(&self) -> &str {
+        self.file.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for HostileMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.file).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_namespace_mounted_at_a_hostile_path_shows_that_path_everywhere() -> Result<()> {
+    use anyhow::Context as _;
+    let agent = Agent::start_with_config(FAST)?;
+    let holder = HostileProcess::spawn(b"hostile-path")?;
+    let inode = holder.netns()?;
+    let mount = HostileMount::bind(&format!("/proc/{}/ns/net", holder.0))?;
+    // Only the mount holds the namespace now: the path is all there is to name it by.
+    drop(holder);
+    let path = mount.path();
+    ensure!(path.contains(['\n', '\t', ' ', '"', '\'', '\\']), "{path:?}");
+    wait_info(&agent, inode, "the mount path as the name, no process", |l, _| {
+        l["name"] == path && l["comm"].is_empty() && l["pid"].is_empty()
+    })?;
+    // The exposition escapes `\`, `"` and newline (and nothing else), on one line.
+    let text = agent.get("/metrics")?;
+    let escaped = path.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("netns_info{") && l.contains(&format!("netns=\"{inode}\"")))
+        .context("no netns_info line")?;
+    ensure!(line.contains(&format!("name=\"{escaped}\"")), "{line}");
+    let problems = promtool_check(&text)?;
+    ensure!(problems.is_empty(), "promtool: {problems}");
+    // The API carries the exact string.
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&agent.cli(&["ls", "--json", "--interval", "0"])?)?;
+    let view = all.iter().find(|ns| ns["netns"] == inode).context("not in ls --json")?;
+    ensure!(view["names"] == serde_json::json!([path]), "{view}");
+    let json: serde_json::Value =
+        serde_json::from_str(&agent.cli(&["show", "--json", &inode.to_string()])?)?;
+    ensure!(json["namespace"]["names"] == serde_json::json!([path]), "{json}");
+    // The text forms escape it as Rust does (`\n`, `\t`, `\"`, `\'`, `\\`): one line, unambiguous.
+    let shown = path.escape_debug().to_string();
+    ensure!(!shown.contains(['\n', '\t']), "{shown}");
+    let table = agent.cli(&["ls", "--interval", "0"])?;
+    let row = table.lines().find(|l| l.starts_with(&inode.to_string())).context("no ls row")?;
+    ensure!(row.contains(&shown), "{row}\nwanted {shown}");
+    // `show` finds the namespace by the exact path, as by its inode number.
+    for what in [path.to_owned(), inode.to_string()] {
+        let show = agent.cli(&["show", &what])?;
+        let names = show.lines().find(|l| l.starts_with("names")).context("no names line")?;
+        ensure!(names == format!("names         {shown}"), "{names:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn a_destroyed_namespace_leaves_the_exposition_after_the_grace_period() -> Result<()> {
     let agent = Agent::start_with_config(FAST)?;

@@ -349,6 +349,9 @@ fn checked(name: &'static str, value: Option<u64>) -> Result<u64, ConfigError> {
     Ok(value)
 }
 
+/// Durations are whole seconds in `*_seconds` keys, as Prometheus exporters name them, checked
+/// against the registry's range: not humantime-serde strings ("30s"), whose serde errors do not
+/// name the key's range and would change the file format.
 fn seconds(name: &'static str, value: Option<u64>) -> Result<Duration, ConfigError> {
     checked(name, value).map(Duration::from_secs)
 }

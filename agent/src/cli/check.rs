@@ -132,6 +132,6 @@ pub fn bench_floor(settings: &Settings) -> anyhow::Result<()> {
     program.load("fib_table_lookup", &btf)?;
     program.attach()?;
     println!("attached bench_empty_fib");
-    host::wait_for_termination();
+    host::wait_for_termination()?;
     Ok(())
 }

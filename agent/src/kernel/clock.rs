@@ -4,9 +4,7 @@ use std::time::{Duration, SystemTime};
 
 /// CLOCK_BOOTTIME now, nanoseconds: the clock the kernel programs stamp events with.
 pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -123,19 +123,16 @@ pub fn ensure_tracefs() -> Result<&'static str, String> {
             return Ok(dir);
         }
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: constant NUL-terminated strings; mount(2) does not keep the pointers.
-    let rc = unsafe {
-        libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
-    };
-    if rc == 0 && Path::new(TRACEFS).join("events").is_dir() {
-        log::info!("mounted tracefs at {TRACEFS}");
-        Ok(TRACEFS)
-    } else {
-        Err(format!(
-            "tracefs is not mounted and mounting it at {TRACEFS} failed ({})",
-            std::io::Error::last_os_error()
-        ))
+    let mounted =
+        rustix::mount::mount("tracefs", TRACEFS, "tracefs", rustix::mount::MountFlags::empty(), None)
+            .map_err(std::io::Error::from);
+    match mounted {
+        Ok(()) if Path::new(TRACEFS).join("events").is_dir() => {
+            log::info!("mounted tracefs at {TRACEFS}");
+            Ok(TRACEFS)
+        }
+        Ok(()) => Err(format!("tracefs mounted at {TRACEFS} has no events/ directory")),
+        Err(err) => Err(format!("tracefs is not mounted and mounting it at {TRACEFS} failed ({err})")),
     }
 }
 
@@ -181,6 +178,7 @@ pub fn kallsyms_functions(wanted: &[&str]) -> HashMap<String, u64> {
 /// from being scattered over one arena per short-lived blocking thread. Call it first thing
 /// in `main`, before any thread exists.
 pub fn limit_arenas() {
+    // glibc's own tunable: rustix and nix wrap system calls, not the C library's allocator.
     // SAFETY: mallopt only tunes the allocator; called before other threads exist.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
 }
@@ -199,24 +197,25 @@ pub fn default_route_keys() -> u32 {
 
 /// Hands free heap pages back to the system (after a BTF parse or a /proc scan).
 pub fn trim_heap() {
+    // glibc's own call, as for mallopt above: no system-call crate wraps it.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Blocks the calling thread until SIGINT or SIGTERM arrives.
-pub fn wait_for_termination() {
-    // SAFETY: a signal set built and waited on by this thread only; the signals are blocked
-    // first so that sigwait, not the default action, receives them.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            libc::sigaddset(&mut set, signal);
+/// Blocks the calling thread until SIGINT or SIGTERM arrives (on a runtime of its own: call
+/// it outside any async runtime).
+pub fn wait_for_termination() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::runtime::Builder::new_current_thread().enable_io().build()?.block_on(async {
+        // Both handlers are installed before waiting, so neither signal takes its default action.
+        let (mut interrupt, mut terminate) =
+            (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut got = 0;
-        libc::sigwait(&set, &mut got);
-    }
+        Ok(())
+    })
 }
 
 /// Whether the filesystem holding directory `dir` could take `bytes` more now: `Some(false)`
@@ -224,15 +223,9 @@ pub fn wait_for_termination() {
 /// say. Used to retry a failing events file only once there is room, so that a few bytes of
 /// slack at the end of its last block do not make writes flap between failing and working.
 pub fn has_room(dir: &Path, bytes: u64) -> Option<bool> {
-    use std::os::unix::ffi::OsStrExt as _;
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs reads the NUL-terminated path and fills the zeroed struct we own.
-    let stat = unsafe {
-        let mut stat: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(path.as_ptr(), &mut stat) == 0).then_some(stat)
-    }?;
-    if stat.f_flag & libc::ST_RDONLY != 0 {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
         return Some(false);
     }
     Some(stat.f_bavail.saturating_mul(stat.f_frsize) >= bytes)

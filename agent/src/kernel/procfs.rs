@@ -99,7 +99,8 @@ pub fn nsfs_mounts(sources: &Sources) -> Vec<(u32, String)> {
     found.into_iter().collect()
 }
 
-/// A mountinfo file as text. Mount points may hold any bytes but the four the kernel escapes:
+/// A mountinfo file as text (not procfs's `Process::mountinfo()`, which fails the whole file
+/// on a byte that is not UTF-8). Mount points may hold any bytes but the four the kernel escapes:
 /// invalid UTF-8 is written as octal escapes (`\377`), as the kernel writes the others, so
 /// one odd mount cannot hide every other mount's name, and the label shows it as `\xff`.
 fn read_mountinfo(path: &Path) -> Option<String> {
@@ -176,6 +177,9 @@ pub fn find_holders(sources: &Sources, targets: &HashSet<u32>) -> Holders {
         let dir = sources.proc_root.join(pid.to_string());
         // Whether a permission hid some of this process's descriptors.
         let mut hidden = false;
+        // Not procfs's `Process::fd()`: it types an fd by its link's text, but an nsfs file
+        // opened by a path (an `ip netns` mount) links to that path, so every fd is stat'ed here
+        // anyway; and it fails an fd whose link is not UTF-8.
         let fds = match std::fs::read_dir(dir.join("fd")) {
             Ok(fds) => fds,
             Err(err) => {
@@ -291,13 +295,7 @@ const CGROUP_CACHE_LIMIT: usize = 16_384;
 impl CgroupNames {
     pub fn new(sources: &Sources) -> Self {
         let cgroup2 = |pid: &str| {
-            let mountinfo = read_mountinfo(&sources.proc_root.join(pid).join("mountinfo"))?;
-            mountinfo.lines().find_map(|line| {
-                let fields: Vec<&str> = line.split(' ').collect();
-                let sep = fields.iter().position(|f| *f == "-")?;
-                let mount = fields.get(4)?;
-                (fields.get(sep + 1) == Some(&"cgroup2")).then(|| parse::mountinfo::unescape(mount))
-            })
+            parse::mountinfo::cgroup2_mount(&read_mountinfo(&sources.proc_root.join(pid).join("mountinfo"))?)
         };
         // The host's tree through its root first (a containerised agent sees only its own
         // subtree at /sys/fs/cgroup), else this mount namespace's (where /proc/1 is hidden).

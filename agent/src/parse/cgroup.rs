@@ -1,20 +1,16 @@
 //! Container ids from `/proc/PID/cgroup`, for the layouts of Docker, containerd (CRI and
-//! plain), CRI-O, Podman and systemd scopes, on cgroup v1 and v2.
+//! plain), CRI-O, Podman and systemd scopes, on cgroup v1 and v2. The file's lines are parsed
+//! by the procfs crate; which path names a container is the agent's.
 
-/// The container id in a `/proc/PID/cgroup` text.
+use procfs::{FromBufRead as _, ProcessCGroups};
+
+/// The container id in a `/proc/PID/cgroup` text (`None` for text the kernel does not write).
 pub fn container_id(cgroup: &str) -> Option<String> {
-    // Lines are `hierarchy:controllers:path`; the unified (v2) line is `0::path`. Prefer it,
-    // then any v1 hierarchy; the id is the innermost path component that carries one.
-    let mut lines: Vec<(bool, &str)> = cgroup
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (hierarchy, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((!(hierarchy == "0" && controllers.is_empty()), path))
-        })
-        .collect();
-    lines.sort_by_key(|(v1, _)| *v1);
-    lines.iter().find_map(|(_, path)| container_id_in_path(path))
+    // The unified (v2) line is `0::path`: prefer it, then any v1 hierarchy; the id is the
+    // innermost path component that carries one.
+    let mut lines: Vec<_> = ProcessCGroups::from_buf_read(cgroup.as_bytes()).ok()?.into_iter().collect();
+    lines.sort_by_key(|line| !(line.hierarchy == 0 && line.controllers.is_empty()));
+    lines.iter().find_map(|line| container_id_in_path(&line.pathname))
 }
 
 /// The container id in one cgroup path (innermost component that carries one).

@@ -1,4 +1,12 @@
-//! Network-namespace bind mounts in a `/proc/PID/mountinfo` text.
+//! Network-namespace bind mounts and the cgroup v2 mount in a `/proc/PID/mountinfo` text.
+//!
+//! Lines are split into fields by the procfs crate ([`MountInfo::from_line`]); what it does
+//! not do stays here: it leaves mount points escaped as the kernel writes them (`\040`), and
+//! its whole-file readers (`Process::mountinfo()`, `MountInfos::from_buf_read`) fail the file
+//! on the first line that is not UTF-8 or not parsable, where one odd mount must not hide the
+//! others (the caller turns invalid UTF-8 into octal escapes; a bad line is skipped).
+
+use procfs::process::MountInfo;
 
 use super::labels;
 
@@ -10,19 +18,33 @@ pub fn nsfs_mounts(mountinfo: &str) -> Vec<(u32, String)> {
 
 /// One mountinfo line, if it is a network-namespace bind mount.
 pub fn nsfs_mount(line: &str) -> Option<(u32, String)> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let separator = fields.iter().position(|f| *f == "-")?;
-    if separator < 5 || fields.get(separator + 1) != Some(&"nsfs") {
-        return None;
-    }
-    let inum = fields.get(3)?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?;
-    let mount_point = unescape(fields.get(4)?);
+    let mount = of_type(line, "nsfs")?;
+    let inum = mount.root.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?;
+    let mount_point = unescape(mount.mount_point.to_str()?);
     let name = ["/run/netns/", "/var/run/netns/"]
         .iter()
         .find_map(|dir| mount_point.strip_prefix(dir))
         .filter(|name| !name.is_empty())
         .map_or_else(|| mount_point.clone(), str::to_owned);
     Some((inum, name))
+}
+
+/// The cgroup v2 hierarchy's mount point in a mountinfo text, if it is mounted.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .find_map(|line| of_type(line, "cgroup2"))
+        .and_then(|m| Some(unescape(m.mount_point.to_str()?)))
+}
+
+/// A line parsed, if it is a mount of filesystem type `fs_type`. The type is looked for first:
+/// parsing builds maps of every option, and a host has thousands of mounts of other types.
+fn of_type(line: &str, fs_type: &str) -> Option<MountInfo> {
+    let (_, after) = line.split_once(" - ")?;
+    if after.split(' ').next() != Some(fs_type) {
+        return None;
+    }
+    MountInfo::from_line(line).ok().filter(|m| m.fs_type == fs_type)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`); the result is a
@@ -80,5 +102,14 @@ mod tests {
         {
             assert_eq!(nsfs_mount(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn the_cgroup2_mount_is_found_and_unescaped() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+31 25 0:27 / /sys/fs/cgroup/uni\\040fied rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(mountinfo).as_deref(), Some("/sys/fs/cgroup/uni fied"));
+        assert_eq!(cgroup2_mount("30 25 0:26 / /sys/fs/cgroup rw - cgroup cgroup rw\n"), None);
     }
 }
