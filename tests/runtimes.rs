@@ -786,7 +786,25 @@ fn docker_bridge_user_network_connect_and_disconnect() -> Result<()> {
     checks.finish()
 }
 
+/// Podman's CNI backend makes a `cni-podman0` bridge for its default network, 10.88.0.0/16:
+/// the subnet netavark's `podman0` uses too. Left behind (down, once the containers are gone),
+/// its route comes first and cuts every netavark container off from the host's published
+/// ports (the DaemonSet tier's scrapes timed out so). Deleted on drop once no port is on it;
+/// CNI makes it again when next needed.
+struct CniBridge;
+
+impl Drop for CniBridge {
+    fn drop(&mut self) {
+        let ports = Path::new("/sys/class/net/cni-podman0/brif");
+        if std::fs::read_dir(ports).is_ok_and(|mut p| p.next().is_none()) {
+            let _ = Command::new("ip").args(["link", "del", "cni-podman0"]).status();
+        }
+    }
+}
+
 fn podman_scenario(backend: &str) -> Result<()> {
+    // Declared first, dropped last: after the containers' guard.
+    let _bridge = (backend == "cni").then_some(CniBridge);
     let engine = Engine::podman(backend)?;
     let agent = agent_with("")?;
     let sampler = Sampler::start(agent.port);
