@@ -82,6 +82,35 @@ pub struct RouteCounts {
     pub by_result: [u64; result::COUNT],
 }
 
+/// Lines of the per-CPU array `ROUTE_LINES` (a power of two): each counts the whole lookups
+/// of one namespace, both families, at the index the low bits of its cookie pick. The hot
+/// path then needs no hash lookup. User space gives a line to a namespace it tracks when the
+/// line is free, and takes it back when it forgets the namespace; a namespace without a line
+/// (before it got one, or while another holds it) counts in `ROUTE_LOOKUPS`. User space sums
+/// both, so counts stay exact whichever path a lookup took.
+pub const ROUTE_LINES: u32 = 256;
+
+/// The line of a namespace cookie in `ROUTE_LINES`.
+pub const fn route_line(cookie: u64) -> u32 {
+    (cookie as u32) & (ROUTE_LINES - 1)
+}
+
+/// One CPU's value of a `ROUTE_LINES` entry: whole lookups (kind [`kind::LOOKUP`]) of the
+/// namespace `cookie` (0: free; written by user space only), IPv4 at index 0, IPv6 at 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteLine {
+    pub cookie: u64,
+    pub by_family: [RouteCounts; 2],
+}
+
+impl RouteLine {
+    /// The index of `family` in [`RouteLine::by_family`].
+    pub const fn family_index(family: u16) -> usize {
+        if family == family::IPV4 { 0 } else { 1 }
+    }
+}
+
 /// The namespace that owns an IPv4 `fib_table` (`TABLE_OWNER`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,4 +143,4 @@ pub struct LookupFrames {
     pub frames: [[u64; 3]; 8],
 }
 
-crate::user_pod!(RouteKey, RouteCounts, RxSlot, LookupFrames, TableOwner);
+crate::user_pod!(RouteKey, RouteCounts, RouteLine, RxSlot, LookupFrames, TableOwner);

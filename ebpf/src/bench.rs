@@ -1,9 +1,23 @@
-//! Reference programs for `cargo xtask bench`, never attached by the agent: an empty
-//! program on the route-lookup tracepoint is the floor the real program is compared with.
+//! Reference programs for `cargo xtask bench`, never attached by the agent, each on the
+//! route-lookup tracepoint the real program is compared with:
+//! - `bench_empty_fib`: does nothing, the floor of any program on the hook;
+//! - `bench_count_fib`: the route program's counting step alone (one per-CPU hash update with
+//!   the agent's key and value, no reads of the kernel): the experiment that tells the cost of
+//!   the counting from the cost of finding the namespace.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use netns_agent_common::routes::{RouteKey, family, kind, result};
 
 #[btf_tracepoint(function = "fib_table_lookup")]
 pub fn bench_empty_fib(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "fib_table_lookup")]
+pub fn bench_count_fib(_ctx: BtfTracePointContext) -> u32 {
+    crate::routes::count(
+        RouteKey { cookie: 1, table: 0, family: family::IPV4, kind: kind::LOOKUP },
+        result::HIT,
+    );
     0
 }

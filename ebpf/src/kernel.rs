@@ -24,6 +24,40 @@ pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + off) as *const T).map_err(i64::from) }
 }
 
+/// How a program reads kernel memory behind a pointer. Code shared by several programs is
+/// generic over it, so each program uses the cheapest way its pointers allow.
+pub trait Mem {
+    fn get<T: Copy>(base: u64, off: u64) -> Result<T, i64>;
+}
+
+/// Any address (a pointer from a map, a kprobe's registers): `bpf_probe_read_kernel`, a
+/// helper call per read.
+pub struct Probe;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn get<T: Copy>(base: u64, off: u64) -> Result<T, i64> {
+        read(base, off)
+    }
+}
+
+/// Pointers whose BTF type the verifier knows: arguments of `tp_btf` and fentry/fexit
+/// programs, and pointer fields loaded through them. A plain load, no helper call: the
+/// verifier checks `off` (a constant: `OFFSETS` is frozen read-only data) against the
+/// type's fields and makes the load fault-safe, so a NULL or stale pointer reads 0.
+/// Costs a third of the helper on the route-lookup path (BENCHMARKS.md). Use it only on such
+/// pointers: the verifier refuses the program otherwise.
+pub struct Btf;
+
+impl Mem for Btf {
+    #[inline(always)]
+    fn get<T: Copy>(base: u64, off: u64) -> Result<T, i64> {
+        // SAFETY: see the type's doc: the verifier admits this load only through a BTF-typed
+        // pointer at a field of that type, and turns it into an exception-handled load.
+        Ok(unsafe { core::ptr::read_volatile((base + off) as *const T) })
+    }
+}
+
 /// The `struct net *` of the current task, or an error for a task that has no nsproxy
 /// (exiting) or when reading fails.
 #[inline(always)]

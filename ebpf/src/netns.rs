@@ -13,7 +13,7 @@ use netns_agent_common::{
     routes::{TableOwner, UNKNOWN_NETNS},
 };
 
-use crate::kernel::{offset, read};
+use crate::kernel::{Mem, offset, read};
 
 /// Namespaces alive in the kernel, by `net_cookie` (never reused, unlike the inode number).
 /// Sized by the agent (`limits.kernel_namespaces`).
@@ -91,14 +91,14 @@ pub fn by_teardown_marker(ptr: u64) -> Option<u64> {
 
 /// `net->net_cookie`, or the unknown marker.
 #[inline(always)]
-pub fn net_cookie(net: u64) -> u64 {
-    read(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS)
+pub fn net_cookie<M: Mem>(net: u64) -> u64 {
+    M::get(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS)
 }
 
 /// The `struct net *` of a `struct net_device *`, or 0.
 #[inline(always)]
-pub fn dev_net(dev: u64) -> u64 {
-    read::<u64>(dev, offset!(netdev_nd_net)).unwrap_or(0)
+pub fn dev_net<M: Mem>(dev: u64) -> u64 {
+    M::get::<u64>(dev, offset!(netdev_nd_net)).unwrap_or(0)
 }
 
 /// The recorded owner of an IPv4 table, or a zeroed owner (unknown). A plain value, not an

@@ -50,11 +50,14 @@ use aya_ebpf::{
 use netns_agent_common::{
     limits::{IN_FLIGHT, ROUTE_KEYS},
     offsets::UNKNOWN,
-    routes::{LookupFrames, RouteCounts, RouteKey, RxSlot, UNKNOWN_NETNS, family, kind, result, table},
+    routes::{
+        LookupFrames, ROUTE_LINES, RouteCounts, RouteKey, RouteLine, RxSlot, UNKNOWN_NETNS, family, kind,
+        result, route_line, table,
+    },
 };
 
 use crate::{
-    kernel::{current_net, offset, read},
+    kernel::{Btf, Mem, Probe, current_net, offset, read},
     netns::{self, dev_net, net_cookie},
 };
 
@@ -68,6 +71,14 @@ static ROUTE_TABLE_DETAIL: u8 = 0;
 #[map]
 static ROUTE_LOOKUPS: PerCpuHashMap<RouteKey, RouteCounts> =
     PerCpuHashMap::with_max_entries(ROUTE_KEYS, BPF_F_NO_PREALLOC);
+
+/// Whole lookups of the namespaces user space gave a line, per CPU: the hot path's first stop
+/// (an array slot needs no hashing, and the verifier inlines its lookup). User space writes
+/// a line's cookie, on every CPU at once, only while no namespace holds it (it gives lines to
+/// namespaces it tracks and takes them back when it forgets them); the programs never write
+/// a cookie, so a line changes hands without racing a count.
+#[map]
+static ROUTE_LINES_MAP: PerCpuArray<RouteLine> = PerCpuArray::with_max_entries(ROUTE_LINES, 0);
 
 /// Lookups not counted because `ROUTE_LOOKUPS` was full (slot 0).
 #[map]
@@ -89,10 +100,24 @@ const RTN_UNREACHABLE: u8 = 7;
 const RTN_PROHIBIT: u8 = 8;
 const RTN_THROW: u8 = 9;
 
+/// Adds one lookup with `result` to `key`'s counters on this CPU: in the namespace's line if
+/// it holds one, else in the hash. User space sums both, so a namespace's first lookups,
+/// counted in the hash before it got its line, stay counted.
 #[inline(always)]
-fn count(key: RouteKey, result: usize) {
+pub(crate) fn count(key: RouteKey, result: usize) {
     if result >= result::COUNT {
         return;
+    }
+    if key.kind == kind::LOOKUP
+        && key.cookie != UNKNOWN_NETNS
+        && let Some(line) = ROUTE_LINES_MAP.get_ptr_mut(route_line(key.cookie))
+    {
+        // SAFETY: this CPU's value; BPF programs do not migrate while they run.
+        let line = unsafe { &mut *line };
+        if line.cookie == key.cookie {
+            line.by_family[RouteLine::family_index(key.family) & 1].by_result[result] += 1;
+            return;
+        }
     }
     if let Some(counts) = ROUTE_LOOKUPS.get_ptr_mut(key) {
         // SAFETY: this CPU's value; BPF programs do not migrate while they run.
@@ -133,22 +158,22 @@ enum Walk {
 
 /// A `bool` of `struct net`, or `None` when this kernel has no such field or it cannot be read.
 #[inline(always)]
-fn net_flag(net: u64, off: u64) -> Option<bool> {
+fn net_flag<M: Mem>(net: u64, off: u64) -> Option<bool> {
     if net == 0 || off == u64::from(UNKNOWN) {
         return None;
     }
-    read::<u8>(net, off).ok().map(|v| v != 0)
+    M::get::<u8>(net, off).ok().map(|v| v != 0)
 }
 
 /// The walk of an IPv4 lookup in `table` of `net` that returned `result`; `rules_hooked`:
 /// the program's mode also sees `fib_rules_lookup` return, which counts policy-rule walks.
 #[inline(always)]
-fn v4_walk(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
-    match net_flag(net, offset!(net_fib_has_custom_rules)) {
+fn v4_walk<M: Mem>(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
+    match net_flag::<M>(net, offset!(net_fib_has_custom_rules)) {
         Some(false) => match tb_id {
             // fib_lookup: `main`, then `default` unless `main` matched or there is none.
             table::MAIN if result == result::HIT => Walk::Ends,
-            table::MAIN => match read::<u64>(net, offset!(net_fib_default)) {
+            table::MAIN => match M::get::<u64>(net, offset!(net_fib_default)) {
                 Ok(0) => Walk::Ends,
                 _ => Walk::GoesOn,
             },
@@ -165,8 +190,8 @@ fn v4_walk(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
 
 /// The walk of an IPv6 lookup in table `tb_id` of `net` that returned `result`.
 #[inline(always)]
-fn v6_walk(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
-    match net_flag(net, offset!(net_fib6_has_custom_rules)) {
+fn v6_walk<M: Mem>(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
+    match net_flag::<M>(net, offset!(net_fib6_has_custom_rules)) {
         Some(false) => match tb_id {
             // fib6_rule_lookup: `local`, then `main` unless `local` had a route.
             table::LOCAL if result == result::NO_ROUTE => Walk::GoesOn,
@@ -179,10 +204,10 @@ fn v6_walk(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> Walk {
     }
 }
 
-/// Counts one table lookup of the namespace `net` (0: unknown).
+/// Counts one table lookup of the namespace `net` (0: unknown), read through `M`.
 #[inline(always)]
-fn record(net: u64, tb_id: u32, family: u16, result: usize, walk: Walk) {
-    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie(net) };
+fn record<M: Mem>(net: u64, tb_id: u32, family: u16, result: usize, walk: Walk) {
+    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie::<M>(net) };
     // SAFETY: a read-only global the loader wrote.
     if unsafe { core::ptr::read_volatile(&raw const ROUTE_TABLE_DETAIL) } != 0 {
         count(RouteKey { cookie, table: tb_id, family, kind: kind::TABLE }, result);
@@ -197,9 +222,9 @@ fn record(net: u64, tb_id: u32, family: u16, result: usize, walk: Walk) {
 
 /// Namespace (`struct net *`) of a hit, from its nexthop device; 0 if unknown.
 #[inline(always)]
-fn nhc_net(nhc: u64) -> u64 {
-    match read::<u64>(nhc, offset!(nhc_dev)) {
-        Ok(dev) if dev != 0 => dev_net(dev),
+fn nhc_net<M: Mem>(nhc: u64) -> u64 {
+    match M::get::<u64>(nhc, offset!(nhc_dev)) {
+        Ok(dev) if dev != 0 => dev_net::<M>(dev),
         _ => 0,
     }
 }
@@ -218,16 +243,16 @@ fn v4_result(err: i32) -> usize {
 
 /// Result of an IPv6 lookup from its `fib6_result`.
 #[inline(always)]
-fn v6_result(net: u64, res: u64) -> usize {
-    let kind: u8 = read(res, offset!(fib6_result_type)).unwrap_or(0);
+fn v6_result<M: Mem>(net: u64, res: u64) -> usize {
+    let kind: u8 = M::get(res, offset!(fib6_result_type)).unwrap_or(0);
     match kind {
         RTN_BLACKHOLE => result::BLACKHOLE,
         RTN_PROHIBIT => result::PROHIBIT,
         RTN_THROW => result::NO_ROUTE,
         RTN_UNREACHABLE => {
             // The namespace's null entry (what a miss returns) is an unreachable route too.
-            let f6i: u64 = read(res, offset!(fib6_result_f6i)).unwrap_or(0);
-            let null: u64 = read(net, offset!(net_fib6_null_entry)).unwrap_or(0);
+            let f6i: u64 = M::get(res, offset!(fib6_result_f6i)).unwrap_or(0);
+            let null: u64 = M::get(net, offset!(net_fib6_null_entry)).unwrap_or(0);
             if f6i == 0 || f6i == null { result::NO_ROUTE } else { result::UNREACHABLE }
         }
         _ => result::HIT,
@@ -236,6 +261,8 @@ fn v6_result(net: u64, res: u64) -> usize {
 
 // ---- IPv4, tracepoint --------------------------------------------------------------------
 
+/// The namespace of an IPv4 miss in tracepoint mode (`flp`: the tracepoint's argument); a
+/// pointer read from a map, so the caller reads it through `Probe`.
 #[inline(always)]
 fn tracepoint_miss_net(flp: u64) -> u64 {
     // SAFETY: bpf_get_current_task only returns a pointer value.
@@ -244,25 +271,25 @@ fn tracepoint_miss_net(flp: u64) -> u64 {
         Some(slot) if slot.dev != 0 && slot.task == task => slot.dev,
         _ => 0,
     };
-    let iif: i32 = read(flp, offset!(flowi4_iif)).unwrap_or(0);
+    let iif: i32 = Btf::get(flp, offset!(flowi4_iif)).unwrap_or(0);
     if iif != 0 && iif != LOOPBACK_IFINDEX {
         // An input lookup: only trusted for the packet this CPU is receiving.
         if rx_dev != 0 && read::<i32>(rx_dev, offset!(netdev_ifindex)) == Ok(iif) {
-            return dev_net(rx_dev);
+            return dev_net::<Probe>(rx_dev);
         }
         return 0;
     }
     if rx_dev != 0 {
-        return dev_net(rx_dev);
+        return dev_net::<Probe>(rx_dev);
     }
     current_net().unwrap_or(0)
 }
 
-/// Counts an IPv4 table lookup of `net`.
+/// Counts an IPv4 table lookup of `net`, read through `M`.
 #[inline(always)]
-fn v4_lookup(net: u64, tb_id: u32, err: i32, rules_hooked: bool) {
+fn v4_lookup<M: Mem>(net: u64, tb_id: u32, err: i32, rules_hooked: bool) {
     let result = v4_result(err);
-    record(net, tb_id, family::IPV4, result, v4_walk(net, tb_id, result, rules_hooked));
+    record::<M>(net, tb_id, family::IPV4, result, v4_walk::<M>(net, tb_id, result, rules_hooked));
 }
 
 #[btf_tracepoint(function = "fib_table_lookup")]
@@ -271,8 +298,12 @@ pub fn routes_v4_tracepoint(ctx: BtfTracePointContext) -> u32 {
     let flp: u64 = ctx.arg(1);
     let nhc: u64 = ctx.arg(2);
     let err: i32 = ctx.arg(3);
-    let net = if nhc != 0 { nhc_net(nhc) } else { tracepoint_miss_net(flp) };
-    v4_lookup(net, table, err, false);
+    // A hit's namespace comes through BTF-typed pointers (direct loads); a miss's from a map.
+    if nhc != 0 {
+        v4_lookup::<Btf>(nhc_net::<Btf>(nhc), table, err, false);
+    } else {
+        v4_lookup::<Probe>(tracepoint_miss_net(flp), table, err, false);
+    }
     0
 }
 
@@ -280,7 +311,7 @@ pub fn routes_v4_tracepoint(ctx: BtfTracePointContext) -> u32 {
 pub fn routes_rx_begin(ctx: BtfTracePointContext) -> u32 {
     let skb: u64 = ctx.arg(0);
     if let Some(slot) = RX_SLOT.get_ptr_mut(0) {
-        let dev: u64 = read(skb, offset!(skb_dev)).unwrap_or(0);
+        let dev: u64 = Btf::get(skb, offset!(skb_dev)).unwrap_or(0);
         // SAFETY: this CPU's slot; the helper only returns a pointer value.
         unsafe {
             (*slot).dev = dev;
@@ -304,35 +335,39 @@ pub fn routes_rx_end(ctx: BtfTracePointContext) -> u32 {
 
 // ---- IPv4, fentry / kprobe ---------------------------------------------------------------
 
+/// `fib_table_lookup(tb, flp, res)` returned `err`; the arguments are read through `M`.
 #[inline(always)]
-fn v4_returned(tb: u64, flp: u64, res: u64, err: i32) {
-    let tb_id: u32 = read(tb, offset!(fib_table_id)).unwrap_or(0);
+fn v4_returned<M: Mem>(tb: u64, flp: u64, res: u64, err: i32) {
+    let tb_id: u32 = M::get(tb, offset!(fib_table_id)).unwrap_or(0);
     let owner = netns::table_owner(tb);
-    let net = if err == 0 {
-        let net = read::<u64>(res, offset!(fib_result_nhc)).map(nhc_net).unwrap_or(0);
+    if err == 0 {
+        let net = M::get::<u64>(res, offset!(fib_result_nhc)).map(nhc_net::<M>).unwrap_or(0);
         // Tables appear lazily (a new namespace has none until its first route) and rules
         // split local from main: learn each table's owner from its hits.
         if net != 0 && owner.net != net {
-            netns::set_table_owner(tb, net_cookie(net), net);
+            netns::set_table_owner(tb, net_cookie::<M>(net), net);
         }
-        net
-    } else if owner.cookie != UNKNOWN_NETNS && netns::is_alive(owner.cookie) {
+        v4_lookup::<M>(net, tb_id, err, true);
+        return;
+    }
+    // The pointers below come from a map or the task: read through `Probe`.
+    let net = if owner.cookie != UNKNOWN_NETNS && netns::is_alive(owner.cookie) {
         // The owner is checked alive: a table of a dead namespace may have been freed and
         // its memory reused for another namespace's table.
         owner.net
     } else {
         // A table that never hit: an output lookup (iif loopback) runs for the caller's own
         // socket in process context; an input lookup cannot be placed.
-        let iif: i32 = read(flp, offset!(flowi4_iif)).unwrap_or(0);
+        let iif: i32 = M::get(flp, offset!(flowi4_iif)).unwrap_or(0);
         if iif == 0 || iif == LOOPBACK_IFINDEX { current_net().unwrap_or(0) } else { 0 }
     };
-    v4_lookup(net, tb_id, err, true);
+    v4_lookup::<Probe>(net, tb_id, err, true);
 }
 
 #[fexit(function = "fib_table_lookup")]
 pub fn routes_v4_fexit(ctx: FExitContext) -> u32 {
     // fexit context: the four arguments, then the int return value.
-    v4_returned(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4));
+    v4_returned::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4));
     0
 }
 
@@ -376,29 +411,30 @@ pub fn routes_v4_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn routes_v4_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some([tb, res, flp]) = pop_frame() {
-        v4_returned(tb, flp, res, ctx.ret());
+        v4_returned::<Probe>(tb, flp, res, ctx.ret());
     }
     0
 }
 
 // ---- IPv6 -------------------------------------------------------------------------------
 
+/// An IPv6 table lookup; the arguments are read through `M`.
 #[inline(always)]
-fn v6_lookup(net: u64, table: u64, res: u64, rules_hooked: bool) {
-    let tb_id: u32 = if table != 0 { read(table, offset!(fib6_table_id)).unwrap_or(0) } else { 0 };
-    let result = v6_result(net, res);
-    record(net, tb_id, family::IPV6, result, v6_walk(net, tb_id, result, rules_hooked));
+fn v6_lookup<M: Mem>(net: u64, table: u64, res: u64, rules_hooked: bool) {
+    let tb_id: u32 = if table != 0 { M::get(table, offset!(fib6_table_id)).unwrap_or(0) } else { 0 };
+    let result = v6_result::<M>(net, res);
+    record::<M>(net, tb_id, family::IPV6, result, v6_walk::<M>(net, tb_id, result, rules_hooked));
 }
 
 #[btf_tracepoint(function = "fib6_table_lookup")]
 pub fn routes_v6_tracepoint(ctx: BtfTracePointContext) -> u32 {
-    v6_lookup(ctx.arg(0), ctx.arg(2), ctx.arg(1), false);
+    v6_lookup::<Btf>(ctx.arg(0), ctx.arg(2), ctx.arg(1), false);
     0
 }
 
 #[fexit(function = "fib6_table_lookup")]
 pub fn routes_v6_fexit(ctx: FExitContext) -> u32 {
-    v6_lookup(ctx.arg(0), ctx.arg(1), ctx.arg(4), true);
+    v6_lookup::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(4), true);
     0
 }
 
@@ -411,7 +447,7 @@ pub fn routes_v6_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn routes_v6_kretprobe(_ctx: RetProbeContext) -> u32 {
     if let Some([net, res, table]) = pop_frame() {
-        v6_lookup(net, table, res, true);
+        v6_lookup::<Probe>(net, table, res, true);
     }
     0
 }
@@ -426,13 +462,13 @@ const AF_INET6: i32 = 10;
 /// counted for `family` only (each family's probe has its own program on this function;
 /// multicast routing uses it too, under families of its own).
 #[inline(always)]
-fn rules_returned(ops: u64, err: i32, family: u16) {
-    let ops_family: i32 = read(ops, offset!(fib_rules_ops_family)).unwrap_or(0);
+fn rules_returned<M: Mem>(ops: u64, err: i32, family: u16) {
+    let ops_family: i32 = M::get(ops, offset!(fib_rules_ops_family)).unwrap_or(0);
     let wanted = if family == family::IPV4 { AF_INET } else { AF_INET6 };
     if ops_family != wanted {
         return;
     }
-    let net: u64 = read(ops, offset!(fib_rules_ops_fro_net)).unwrap_or(0);
+    let net: u64 = M::get(ops, offset!(fib_rules_ops_fro_net)).unwrap_or(0);
     let result = match err {
         // No rule gave an answer (-ESRCH): no route.
         -3 | -11 => result::NO_ROUTE,
@@ -440,19 +476,19 @@ fn rules_returned(ops: u64, err: i32, family: u16) {
         -101 => result::UNREACHABLE,
         other => v4_result(other),
     };
-    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie(net) };
+    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie::<M>(net) };
     count(RouteKey { cookie, table: 0, family, kind: kind::LOOKUP }, result);
 }
 
 #[fexit(function = "fib_rules_lookup")]
 pub fn routes_v4_rules_fexit(ctx: FExitContext) -> u32 {
-    rules_returned(ctx.arg(0), ctx.arg(4), family::IPV4);
+    rules_returned::<Btf>(ctx.arg(0), ctx.arg(4), family::IPV4);
     0
 }
 
 #[fexit(function = "fib_rules_lookup")]
 pub fn routes_v6_rules_fexit(ctx: FExitContext) -> u32 {
-    rules_returned(ctx.arg(0), ctx.arg(4), family::IPV6);
+    rules_returned::<Btf>(ctx.arg(0), ctx.arg(4), family::IPV6);
     0
 }
 
@@ -467,7 +503,7 @@ pub fn routes_v4_rules_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn routes_v4_rules_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some([ops, _, _]) = pop_frame() {
-        rules_returned(ops, ctx.ret(), family::IPV4);
+        rules_returned::<Probe>(ops, ctx.ret(), family::IPV4);
     }
     0
 }
@@ -481,7 +517,7 @@ pub fn routes_v6_rules_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn routes_v6_rules_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some([ops, _, _]) = pop_frame() {
-        rules_returned(ops, ctx.ret(), family::IPV6);
+        rules_returned::<Probe>(ops, ctx.ret(), family::IPV6);
     }
     0
 }

@@ -65,10 +65,20 @@ pub enum Command {
     Show(ShowArgs),
     /// The journal: namespaces created and destroyed, devices moved, setup failures.
     Events(EventsArgs),
-    /// Attach only the empty reference program on fib_table_lookup until SIGINT/SIGTERM
-    /// (the floor `cargo xtask bench` measures the route-lookup program against).
+    /// Attach only a reference program on fib_table_lookup until SIGINT/SIGTERM (what
+    /// `cargo xtask bench` measures the route-lookup program against).
     #[command(hide = true)]
-    BenchFloor(CommonArgs),
+    BenchFloor(BenchFloorArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchFloorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The reference program: `bench_empty_fib` (does nothing) or `bench_count_fib` (the
+    /// route program's counting step alone).
+    #[arg(long, default_value = "bench_empty_fib", value_parser = ["bench_empty_fib", "bench_count_fib"])]
+    pub program: String,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -121,17 +121,17 @@ fn mode_summary(outcomes: &[attach::ProbeOutcome], mode: Mode) -> String {
     }
 }
 
-/// Attaches the empty program on `fib_table_lookup` and waits for SIGINT/SIGTERM.
-pub fn bench_floor(settings: &Settings) -> anyhow::Result<()> {
+/// Attaches the reference program `name` on `fib_table_lookup` and waits for SIGINT/SIGTERM.
+pub fn bench_floor(settings: &Settings, name: &str) -> anyhow::Result<()> {
     use aya::programs::BtfTracePoint;
     let Prepared { mut ebpf, btf, .. } = loader::prepare(&settings.btf, settings.limits.maps)?;
     let program: &mut BtfTracePoint = ebpf
-        .program_mut("bench_empty_fib")
-        .ok_or_else(|| anyhow::anyhow!("bench_empty_fib missing from the object"))?
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("{name} missing from the object"))?
         .try_into()?;
     program.load("fib_table_lookup", &btf)?;
     program.attach()?;
-    println!("attached bench_empty_fib");
+    println!("attached {name}");
     host::wait_for_termination()?;
     Ok(())
 }

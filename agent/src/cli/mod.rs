@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::BenchFloor(args) => check::bench_floor(&settings(&args, None)?)?,
+        Command::BenchFloor(args) => check::bench_floor(&settings(&args.common, None)?, &args.program)?,
         Command::Ls(args) => {
             let c = Client::new(&args.agent.agent);
             let keep = |mut all: Vec<NamespaceView>| {

@@ -109,7 +109,8 @@ impl Agent {
     }
 
     /// Drops the series of namespaces destroyed longer than `grace` ago, in user space and
-    /// in the kernel's counters; a namespace whose teardown is stuck stays (dying).
+    /// in the kernel's counters (a namespace whose teardown is stuck stays: dying), and gives
+    /// route-counter lines to alive namespaces that have none.
     pub fn expire(&self, grace: Duration) {
         let cleanup_end = self.maps().cleanup_end_ns();
         let ctx = self.model.state_context(None, cleanup_end);
@@ -125,6 +126,15 @@ impl Agent {
         if !removed.is_empty() {
             self.maps().forget(&removed);
         }
+        let alive: Vec<u64> = self.model.with(|state| {
+            state
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| ns.destroyed_at.is_none())
+                .map(|(cookie, _)| cookie)
+                .collect()
+        });
+        self.maps().give_lines(alive);
     }
 }
 

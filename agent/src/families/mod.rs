@@ -62,6 +62,11 @@ impl FamilyMaps {
         }
     }
 
+    /// Gives route-counter lines to the namespaces in `cookies` that have none yet.
+    pub fn give_lines(&mut self, cookies: impl IntoIterator<Item = u64>) {
+        self.routes.give_lines(cookies);
+    }
+
     /// Deletes the kernel-side counters of namespaces whose series expired.
     pub fn forget(&mut self, cookies: &HashSet<u64>) {
         self.routes.forget(cookies);

@@ -1,13 +1,19 @@
 //! Route lookups (kernel side: `ebpf/src/routes.rs`): the per-CPU counters summed over CPUs
 //! into the model's plain data at snapshot time. No events: the hot path only counts.
+//!
+//! Whole lookups of a namespace count in its line of `ROUTE_LINES_MAP` when it has one, in
+//! the `ROUTE_LOOKUPS` hash otherwise; this side hands out the lines and sums both.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    util::nr_cpus,
 };
-use netns_agent_common::routes::{RouteCounts, RouteKey, result};
+use netns_agent_common::routes::{
+    ROUTE_LINES, RouteCounts, RouteKey, RouteLine, family, kind, result, route_line,
+};
 
 use crate::{
     kernel::maps::{MapError, take},
@@ -16,35 +22,83 @@ use crate::{
 
 pub struct RouteMaps {
     lookups: PerCpuHashMap<MapData, RouteKey, RouteCounts>,
+    lines: PerCpuArray<MapData, RouteLine>,
+    /// The cookie each line was given (0: free), as written to the kernel.
+    holders: Vec<u64>,
     keys_full: PerCpuArray<MapData, u64>,
+}
+
+/// Adds `counts` to the totals of `key`.
+fn add(totals: &mut BTreeMap<RouteKey, [u64; result::COUNT]>, key: RouteKey, counts: &RouteCounts) {
+    let total = totals.entry(key).or_insert([0; result::COUNT]);
+    for (total, n) in total.iter_mut().zip(counts.by_result) {
+        *total += n;
+    }
 }
 
 impl RouteMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
-        Ok(Self { lookups: take(ebpf, "ROUTE_LOOKUPS")?, keys_full: take(ebpf, "ROUTE_KEYS_FULL")? })
+        Ok(Self {
+            lookups: take(ebpf, "ROUTE_LOOKUPS")?,
+            lines: take(ebpf, "ROUTE_LINES_MAP")?,
+            holders: vec![0; ROUTE_LINES as usize],
+            keys_full: take(ebpf, "ROUTE_KEYS_FULL")?,
+        })
     }
 
-    /// Every (namespace, family, kind, table) key with its counts summed over CPUs.
+    /// Every (namespace, family, kind, table) key with its counts summed over CPUs, and over
+    /// the hash and the namespace's line.
     pub fn read(&self) -> Vec<RouteCount> {
-        self.lookups
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, per_cpu)| {
-                let mut by_result = [0u64; result::COUNT];
-                for counts in per_cpu.iter() {
-                    for (total, n) in by_result.iter_mut().zip(counts.by_result) {
-                        *total += n;
-                    }
+        let mut totals = BTreeMap::new();
+        for (key, per_cpu) in self.lookups.iter().filter_map(Result::ok) {
+            for counts in per_cpu.iter() {
+                add(&mut totals, key, counts);
+            }
+        }
+        for (line, &cookie) in self.holders.iter().enumerate() {
+            if cookie == 0 {
+                continue;
+            }
+            let Ok(per_cpu) = self.lines.get(&(line as u32), 0) else { continue };
+            for value in per_cpu.iter().filter(|v| v.cookie == cookie) {
+                for (family, counts) in [family::IPV4, family::IPV6].into_iter().zip(&value.by_family) {
+                    add(&mut totals, RouteKey { cookie, table: 0, family, kind: kind::LOOKUP }, counts);
                 }
-                RouteCount {
-                    cookie: key.cookie,
-                    family: key.family,
-                    kind: key.kind,
-                    table: key.table,
-                    by_result,
-                }
+            }
+        }
+        totals
+            .into_iter()
+            .filter(|(_, by_result)| by_result.iter().any(|&n| n > 0))
+            .map(|(key, by_result)| RouteCount {
+                cookie: key.cookie,
+                family: key.family,
+                kind: key.kind,
+                table: key.table,
+                by_result,
             })
             .collect()
+    }
+
+    /// Gives each namespace in `cookies` (alive, tracked) its line if the line is free. The
+    /// kernel never writes a line's cookie, and a free line is counted in by no one, so
+    /// writing every CPU's value at once races with nothing.
+    pub fn give_lines(&mut self, cookies: impl IntoIterator<Item = u64>) {
+        for cookie in cookies {
+            let line = route_line(cookie);
+            if cookie == 0 || self.holders[line as usize] != 0 {
+                continue;
+            }
+            if self.write_line(line, cookie) {
+                self.holders[line as usize] = cookie;
+            }
+        }
+    }
+
+    /// Writes `cookie` with zero counts to every CPU's value of `line`.
+    fn write_line(&mut self, line: u32, cookie: u64) -> bool {
+        let Ok(cpus) = nr_cpus() else { return false };
+        let value = RouteLine { cookie, ..RouteLine::default() };
+        PerCpuValues::try_from(vec![value; cpus]).is_ok_and(|values| self.lines.set(line, values, 0).is_ok())
     }
 
     /// Lookups not counted because the key table was full.
@@ -52,12 +106,19 @@ impl RouteMaps {
         self.keys_full.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
-    /// Deletes the counters of namespaces whose series expired.
+    /// Deletes the counters of namespaces whose series expired, and frees their lines: they
+    /// are gone, so no lookup counts in them any more.
     pub fn forget(&mut self, cookies: &HashSet<u64>) {
         let keys: Vec<RouteKey> =
             self.lookups.keys().filter_map(Result::ok).filter(|k| cookies.contains(&k.cookie)).collect();
         for key in keys {
             let _ = self.lookups.remove(&key);
+        }
+        for line in 0..ROUTE_LINES {
+            let cookie = self.holders[line as usize];
+            if cookie != 0 && cookies.contains(&cookie) && self.write_line(line, 0) {
+                self.holders[line as usize] = 0;
+            }
         }
     }
 }
