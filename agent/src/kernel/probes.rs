@@ -361,6 +361,7 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
             hooks: &[
                 Hook::BtfTracepoint { program: "routes_v4_tracepoint", tracepoint: "fib_table_lookup" },
                 Hook::BtfTracepoint { program: "routes_rx_begin", tracepoint: "netif_receive_skb" },
+                Hook::BtfTracepoint { program: "routes_rx_done", tracepoint: "netif_receive_skb_exit" },
                 Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
             ],
             fields: &[
@@ -375,8 +376,9 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
             ],
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
-                   received packets by the receiving device's namespace (unknown if the input \
-                   interface does not match it), other misses by the caller's namespace; \
+                   received packets by the namespace of the device holding the packet at the \
+                   lookup (stacked devices included; unknown if the input interface does not \
+                   match it), other misses by the caller's namespace; \
                    under policy rules a table without a route is an unresolved miss (no \
                    tracepoint shows the walk's end) and rule actions are not seen",
         },
