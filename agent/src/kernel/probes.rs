@@ -336,6 +336,9 @@ const ROUTE_V4_FIELDS: &[&str] = &[
     "net_fib_default",
     "fib_rules_ops_family",
     "fib_rules_ops_fro_net",
+    // The caller's namespace (current_net) for an output lookup in a table that never hit.
+    "task_nsproxy",
+    "nsproxy_net_ns",
 ];
 
 static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
@@ -373,6 +376,9 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 "skb_dev",
                 "net_fib_has_custom_rules",
                 "net_fib_default",
+                // The caller's namespace (current_net) for a miss outside any receive.
+                "task_nsproxy",
+                "nsproxy_net_ns",
             ],
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
