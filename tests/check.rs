@@ -80,3 +80,61 @@ fn check_forced_mode_reports_that_mode() -> Result<()> {
     );
     Ok(())
 }
+
+/// The running kernel's BTF with one member renamed, `flowi_common.flowic_iif` (the
+/// `flowi4_iif` field, which only the IPv4 route lookup probe declares): a layout hole such
+/// as another kernel version could have. Same length, so the BTF stays valid.
+fn btf_without_flowic_iif() -> Result<std::path::PathBuf> {
+    let mut bytes = std::fs::read("/sys/kernel/btf/vmlinux")?;
+    let needle = b"\0flowic_iif\0";
+    let at: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| w == needle).map(|(i, _)| i).collect();
+    ensure!(
+        at.len() == 1,
+        "the name flowic_iif appears {} times in this kernel's BTF strings, not once",
+        at.len()
+    );
+    bytes[at[0] + needle.len() - 2] = b'X';
+    let path = std::env::temp_dir().join(format!("netns-agent-test-{}-hole.btf", std::process::id()));
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+#[test]
+fn a_field_missing_from_btf_detaches_only_the_probe_that_reads_it_and_says_why() -> Result<()> {
+    const PROBE: &str = "route_lookup_ipv4";
+    let probes = registered_probes()?;
+    ensure!(probes.contains(PROBE), "{PROBE} is not registered: {probes:?}");
+    let btf = btf_without_flowic_iif()?;
+    let btf = btf.to_str().context("temp path")?;
+
+    // `check`: that probe's line for the mode names the field; every other probe works.
+    let out = run(agent_bin().to_str().context("agent path")?, &["check", "--btf", btf])?;
+    let text = String::from_utf8(out.stdout)?;
+    let sections = sections(&text, &probes);
+    for probe in &probes {
+        let modes = sections.get(probe).with_context(|| format!("{probe} missing from check:\n{text}"))?;
+        let status = modes.get(&mode()).with_context(|| format!("{probe}: no {} line:\n{text}", mode()))?;
+        if probe == PROBE {
+            ensure!(status.contains("flowi4_iif") && status != "works", "{probe}: {status}\n{text}");
+        } else {
+            ensure!(status == "works", "{probe} in {} mode: {status}\n{text}", mode());
+        }
+    }
+
+    // A run: that probe detached (0), the others attached, the log naming probe and field.
+    let agent = Agent::start_with(&["--attach", &mode(), "--btf", btf])?;
+    let m = agent.scrape()?;
+    for probe in &probes {
+        let attached = m.value("netns_agent_probe_attached", &[("probe", probe), ("mode", &mode())])?;
+        let want = if probe == PROBE { 0.0 } else { 1.0 };
+        ensure!(attached == want, "{probe}: netns_agent_probe_attached {attached}, want {want}:\n{}", m.text);
+    }
+    let log = agent.log_text();
+    ensure!(
+        log.lines().any(|l| l.contains(PROBE) && l.contains("flowi4_iif")),
+        "no log line names {PROBE} and flowi4_iif:\n{log}"
+    );
+    let _ = std::fs::remove_file(btf);
+    Ok(())
+}

@@ -115,7 +115,11 @@ fn sink(topo: &RouterTopology, family: &str) -> Result<std::net::UdpSocket> {
 /// Waits until the topology's namespaces make no lookups of their own: after links come up
 /// the kernel sends IPv6 multicast (MLD reports for the new addresses) for a few seconds.
 fn wait_quiet(agent: &Agent, topo: &RouterTopology) -> Result<()> {
-    let namespaces = [topo.a.inode()?, topo.r.inode()?, topo.b.inode()?];
+    wait_quiet_in(agent, &[topo.a.inode()?, topo.r.inode()?, topo.b.inode()?])
+}
+
+/// Waits until these namespaces make no lookups of their own (see `wait_quiet`).
+fn wait_quiet_in(agent: &Agent, namespaces: &[u64]) -> Result<()> {
     let all = |m: &Metrics| -> Vec<BTreeMap<Key, f64>> {
         namespaces.iter().flat_map(|ns| ["ipv4", "ipv6"].map(|f| lookups(m, *ns, f))).collect()
     };
@@ -211,6 +215,337 @@ fn unroutable_packets_fail_in_the_router_never_in_the_sender() -> Result<()> {
             &[outcome_in("no_route", k, k + 2.0 * n), outcome_in("hit", n, n)],
         )?;
     }
+    Ok(())
+}
+
+// ---- Devices stacked on others, and receive in process context (IPv4) ----------------------
+//
+// The router receives A's datagrams through a device stacked on another one (the kernel's
+// receive path changes `skb->dev` from the lower device to the upper one and goes round
+// again, after `netif_receive_skb` has fired for the lower), or from a process writing into
+// a tun device (receive in that process's context, outside any softirq). The lower devices
+// live in a namespace of their own, P, with no address: a lookup counted there is a
+// misattribution. Hits are exact by their nexthop device in every mode; the misses are what
+// these tests are about. IPv6 is off in these namespaces (its lookups carry their namespace
+// and are exact; off, they make no background traffic).
+
+/// The device R receives A's datagrams through, stacked on a veth whose other end is A's.
+#[derive(Clone, Copy, Debug)]
+enum Stack {
+    Macvlan,
+    Ipvlan,
+    Vlan,
+}
+
+const MAC_A: &str = "02:78:01:00:00:02";
+const MAC_RA: &str = "02:78:01:00:00:01";
+const MAC_LOWER: &str = "02:78:01:00:00:99";
+const MAC_B: &str = "02:78:02:00:00:02";
+const MAC_RB: &str = "02:78:02:00:00:01";
+
+/// A local address of R in the ipvlan test whose local route the test deletes: datagrams to
+/// it reach R (ipvlan hands them to the device holding the address) and miss there.
+const IPVLAN_UNROUTABLE: &str = "10.78.9.50";
+
+fn ip(ns: &NamedNetns, args: &str) -> Result<()> {
+    let mut full = vec!["-n", ns.name.as_str()];
+    full.extend(args.split_whitespace());
+    run("ip", &full).map(|_| ())
+}
+
+/// No IPv6, no reverse-path filter (its check is one more lookup per packet), forwarding.
+fn quiet_ipv4_namespace(prefix: &str) -> Result<NamedNetns> {
+    let ns = NamedNetns::add(prefix)?;
+    ip(&ns, "link set lo up")?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
+    Ok(ns)
+}
+
+/// R's link to B, and B: vb 10.78.2.2/24 with a default route via R's 10.78.2.1.
+fn link_router_to_receiver(r: &NamedNetns, b: &NamedNetns) -> Result<()> {
+    ip(b, &format!("link add vb address {MAC_B} type veth peer name vrb address {MAC_RB} netns {}", r.name))?;
+    ip(r, "addr add 10.78.2.1/24 dev vrb")?;
+    ip(r, "link set vrb up")?;
+    ip(r, &format!("neigh replace 10.78.2.2 lladdr {MAC_B} dev vrb nud permanent"))?;
+    ip(b, "addr add 10.78.2.2/24 dev vb")?;
+    ip(b, "link set vb up")?;
+    ip(b, "route add default via 10.78.2.1")?;
+    ip(b, &format!("neigh replace 10.78.2.1 lladdr {MAC_RB} dev vb nud permanent"))
+}
+
+/// A - P - R - B: A's veth ends in P, where the stacked device is made on it and moved to R
+/// (as `vra`, 10.78.1.1/24); R forwards to B. A: 10.78.1.2/24, default via R.
+struct StackedTopology {
+    a: NamedNetns,
+    p: NamedNetns,
+    r: NamedNetns,
+    b: NamedNetns,
+}
+
+impl StackedTopology {
+    fn new(stack: Stack) -> Result<Self> {
+        let (a, p, r, b) = (
+            quiet_ipv4_namespace("sa")?,
+            quiet_ipv4_namespace("sp")?,
+            quiet_ipv4_namespace("sr")?,
+            quiet_ipv4_namespace("sb")?,
+        );
+        // A's end: `va` itself, or a VLAN on it (tagged frames for R's VLAN device).
+        let a_lower = if matches!(stack, Stack::Vlan) { "val" } else { "va" };
+        // Upper devices other than macvlan take their lower device's address.
+        let lower_mac = if matches!(stack, Stack::Macvlan) { MAC_LOWER } else { MAC_RA };
+        ip(
+            &a,
+            &format!(
+                "link add {a_lower} address {MAC_A} type veth peer name vp address {lower_mac} netns {}",
+                p.name
+            ),
+        )?;
+        ip(&p, "link set vp up")?;
+        match stack {
+            Stack::Macvlan => {
+                ip(&p, &format!("link add vra link vp address {MAC_RA} type macvlan mode bridge"))?
+            }
+            Stack::Ipvlan => ip(&p, "link add vra link vp type ipvlan mode l2")?,
+            Stack::Vlan => {
+                ip(&p, "link add vra link vp type vlan id 78")?;
+                ip(&a, "link add va link val type vlan id 78")?;
+                ip(&a, "link set val up")?;
+            }
+        }
+        ip(&p, &format!("link set vra netns {}", r.name))?;
+        ip(&r, "addr add 10.78.1.1/24 dev vra")?;
+        ip(&r, "link set vra up")?;
+        ip(&r, &format!("neigh replace 10.78.1.2 lladdr {MAC_A} dev vra nud permanent"))?;
+        if matches!(stack, Stack::Ipvlan) {
+            // A /32 adds no prefix route; without its local route nothing in R routes it.
+            ip(&r, &format!("addr add {IPVLAN_UNROUTABLE}/32 dev vra"))?;
+            ip(&r, &format!("route del local {IPVLAN_UNROUTABLE} dev vra table local"))?;
+        }
+        link_router_to_receiver(&r, &b)?;
+        ip(&a, "addr add 10.78.1.2/24 dev va")?;
+        ip(&a, "link set va up")?;
+        ip(&a, "route add default via 10.78.1.1")?;
+        ip(&a, &format!("neigh replace 10.78.1.1 lladdr {MAC_RA} dev va nud permanent"))?;
+        Ok(Self { a, p, r, b })
+    }
+
+    fn inodes(&self) -> Result<[u64; 4]> {
+        Ok([self.a.inode()?, self.p.inode()?, self.r.inode()?, self.b.inode()?])
+    }
+}
+
+/// A UDP socket on port 9 in namespace `ns`, so that datagrams are delivered, not answered.
+fn sink_in(ns: &NamedNetns) -> Result<std::net::UdpSocket> {
+    in_netns(&ns.name, || Ok(std::net::UdpSocket::bind("0.0.0.0:9")?))
+}
+
+impl Stack {
+    /// The `ip link` type, and the kernel option that provides it.
+    fn kind(self) -> (&'static str, &'static str) {
+        match self {
+            Stack::Macvlan => ("macvlan", "CONFIG_MACVLAN"),
+            Stack::Ipvlan => ("ipvlan", "CONFIG_IPVLAN"),
+            Stack::Vlan => ("vlan", "CONFIG_VLAN_8021Q"),
+        }
+    }
+
+    /// Whether this kernel makes such devices (built in, or a module `ip link add` loads):
+    /// some kernels have none (the CI host's has no vlan or ipvlan; the VM kernels have all).
+    fn available(self) -> Result<bool> {
+        let ns = NamedNetns::add("sk")?;
+        ip(&ns, "link add skl type veth peer name skp")?;
+        let (kind, _) = self.kind();
+        let args = match self {
+            Stack::Vlan => "link add sku link skl type vlan id 2".to_owned(),
+            _ => format!("link add sku link skl type {kind}"),
+        };
+        let out = std::process::Command::new("ip").args(["-n", &ns.name]).args(args.split(' ')).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() || stderr.contains("Unknown device type"),
+            "ip link add type {kind}: {}",
+            stderr.trim()
+        );
+        Ok(out.status.success())
+    }
+}
+
+/// Forwarded hits then misses through a stacked device, exact per namespace.
+fn stacked_device_rounds(stack: Stack) -> Result<()> {
+    if !stack.available()? {
+        // Said on the test's output, and in README (tiers): the VM kernels run it.
+        let (kind, option) = stack.kind();
+        eprintln!("NOT RUN: this kernel has no {kind} devices ({option} unset)");
+        return Ok(());
+    }
+    let topo = StackedTopology::new(stack)?;
+    let agent = Agent::start()?;
+    let [a, p, r, b] = topo.inodes()?;
+    let k = f64::from(K);
+    let what = |ns: &str| format!("{stack:?}, {ns}");
+
+    // Hits. ipvlan hands a device only the datagrams addressed to its own addresses, so
+    // nothing is forwarded through it: R's own address, delivered in R, instead.
+    let (dst, sink) = match stack {
+        Stack::Ipvlan => ("10.78.1.1:9", sink_in(&topo.r)?),
+        _ => ("10.78.2.2:9", sink_in(&topo.b)?),
+    };
+    wait_quiet_in(&agent, &[a, p, r, b])?;
+    let before = agent.scrape()?;
+    send_udp(&topo.a.name, dst, K)?;
+    let receivers: &[u64] = if matches!(stack, Stack::Ipvlan) { &[a, r] } else { &[a, r, b] };
+    let after = wait_for("every datagram received", std::time::Duration::from_secs(10), || {
+        let m = agent.scrape()?;
+        let done = receivers.iter().all(|ns| total(&delta(&before, &m, *ns, "ipv4")) >= k);
+        Ok(done.then_some(m))
+    })?;
+    check(&what("sender"), &delta(&before, &after, a, "ipv4"), &[outcome("hit", k)])?;
+    check(&what("lower device's namespace"), &delta(&before, &after, p, "ipv4"), &[])?;
+    check(&what("router"), &delta(&before, &after, r, "ipv4"), &[outcome("hit", k)])?;
+    let want_b: &[Want] = if matches!(stack, Stack::Ipvlan) { &[] } else { &[outcome("hit", k)] };
+    check(&what("receiver"), &delta(&before, &after, b, "ipv4"), want_b)?;
+    drop(sink);
+
+    // Misses in R, received through the stacked device (see the unroutable test above for R's
+    // ICMP errors and the lookups they cost).
+    let unroutable = match stack {
+        Stack::Ipvlan => format!("{IPVLAN_UNROUTABLE}:9"),
+        _ => "10.99.0.1:9".to_owned(),
+    };
+    wait_quiet_in(&agent, &[a, p, r, b])?;
+    let before = agent.scrape()?;
+    send_udp(&topo.a.name, &unroutable, K)?;
+    let after = wait_for("every datagram refused by the router", std::time::Duration::from_secs(10), || {
+        let m = agent.scrape()?;
+        Ok((outcomes(&delta(&before, &m, r, "ipv4"), "no_route") >= k).then_some(m))
+    })?;
+    let dr = delta(&before, &after, r, "ipv4");
+    let n = outcomes(&dr, "hit");
+    ensure!(n <= 3.0 * k, "{stack:?}: {n} lookups for ICMP errors for {K} datagrams: {dr:?}");
+    check(&what("sender, misses"), &delta(&before, &after, a, "ipv4"), &[outcome_in("hit", k, k + n)])?;
+    check(&what("lower device's namespace, misses"), &delta(&before, &after, p, "ipv4"), &[])?;
+    check(&what("router, misses"), &dr, &[outcome_in("no_route", k, k + 2.0 * n), outcome_in("hit", n, n)])?;
+    check(&what("receiver, misses"), &delta(&before, &after, b, "ipv4"), &[])?;
+    Ok(())
+}
+
+#[test]
+fn lookups_of_packets_received_through_a_macvlan_count_in_its_namespace() -> Result<()> {
+    stacked_device_rounds(Stack::Macvlan)
+}
+
+#[test]
+fn lookups_of_packets_received_through_an_ipvlan_count_in_its_namespace() -> Result<()> {
+    stacked_device_rounds(Stack::Ipvlan)
+}
+
+#[test]
+fn lookups_of_packets_received_through_a_vlan_count_in_its_namespace() -> Result<()> {
+    stacked_device_rounds(Stack::Vlan)
+}
+
+/// An IPv4 UDP datagram to port 9 (header checksum computed; UDP checksum 0: none).
+fn udp_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let payload = b"netns-agent";
+    let len = (20 + 8 + payload.len()) as u16;
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p.extend(src);
+    p.extend(dst);
+    let sum = p.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend(4000u16.to_be_bytes());
+    p.extend(9u16.to_be_bytes());
+    p.extend((len - 20).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(payload);
+    p
+}
+
+/// Attaches to the tun device `name` of namespace `tun_ns`, then moves the thread to
+/// `own_ns` and, `count` times: writes a datagram for B (forwarded by R), writes one R
+/// cannot route, and sends one from `own_ns` where nothing routes it (a miss of its own).
+fn tun_writer(tun_ns: &str, name: &str, own_ns: &str, count: u32) -> Result<()> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TUN: i16 = 0x0001;
+    const IFF_NO_PI: i16 = 0x1000;
+    let (name, own) = (name.to_owned(), format!("/run/netns/{own_ns}"));
+    in_netns(tun_ns, move || {
+        let mut tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+        // struct ifreq: the name (16 bytes), then the flags.
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        ifr[16..18].copy_from_slice(&(IFF_TUN | IFF_NO_PI).to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough for.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
+            anyhow::bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+        }
+        let ns = std::fs::File::open(&own)?;
+        // SAFETY: setns on a valid nsfs fd; it only changes this thread's namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns {own}: {}", std::io::Error::last_os_error());
+        }
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let forwarded = udp_packet([10, 78, 1, 2], [10, 78, 2, 2]);
+        let refused = udp_packet([10, 78, 1, 2], [10, 99, 0, 1]);
+        for _ in 0..count {
+            tun.write_all(&forwarded)?;
+            tun.write_all(&refused)?;
+            // No route: the error is the point.
+            let _ = socket.send_to(b"netns-agent", "10.66.0.1:9");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn lookups_of_packets_written_into_a_tun_count_in_its_namespace_and_the_writers_in_its_own() -> Result<()> {
+    // A: the writer's namespace (no routes); R: the tun device `vrt`, 10.78.1.1/24, routing to B.
+    let (a, r, b) = (quiet_ipv4_namespace("ta")?, quiet_ipv4_namespace("tr")?, quiet_ipv4_namespace("tb")?);
+    ip(&r, "tuntap add dev vrt mode tun")?;
+    ip(&r, "addr add 10.78.1.1/24 dev vrt")?;
+    ip(&r, "link set vrt up")?;
+    link_router_to_receiver(&r, &b)?;
+    let agent = Agent::start()?;
+    let (ia, ir, ib) = (a.inode()?, r.inode()?, b.inode()?);
+    let _sink = sink_in(&b)?;
+    let k = f64::from(K);
+    wait_quiet_in(&agent, &[ia, ir, ib])?;
+    let before = agent.scrape()?;
+    // The writes are received in the writer's context: R's lookups for them are over when
+    // each write returns; B receives the forwarded ones in softirq.
+    tun_writer(&r.name, "vrt", &a.name, K)?;
+    let after =
+        wait_for("every datagram forwarded and delivered", std::time::Duration::from_secs(10), || {
+            let m = agent.scrape()?;
+            Ok((outcomes(&delta(&before, &m, ib, "ipv4"), "hit") >= k).then_some(m))
+        })?;
+    let dr = delta(&before, &after, ir, "ipv4");
+    // R's hits: the forwarded datagrams, and the lookups of the ICMP errors it sends back
+    // into the tun for refused ones (rate-limited: 0..K errors, a few lookups each).
+    let n = outcomes(&dr, "hit") - k;
+    ensure!((0.0..=3.0 * k).contains(&n), "tun: {n} lookups for ICMP errors for {K} datagrams: {dr:?}");
+    check("tun writer's namespace", &delta(&before, &after, ia, "ipv4"), &[outcome("no_route", k)])?;
+    check("tun router", &dr, &[outcome_in("no_route", k, k + 2.0 * n), outcome("hit", k + n)])?;
+    check("tun receiver", &delta(&before, &after, ib, "ipv4"), &[outcome("hit", k)])?;
     Ok(())
 }
 

@@ -125,8 +125,11 @@ pub struct TableOwner {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxSlot {
-    /// `skb->dev` of the packet being received; 0 outside NET_RX softirq.
-    pub dev: u64,
+    /// The `struct sk_buff *` being received; 0 once its receive or the NET_RX softirq ends.
+    /// The packet, not its device: devices stacked on others (macvlan, ipvlan, vlan, a
+    /// `bpf_redirect_peer`) change `skb->dev` after `netif_receive_skb` fired, so the device
+    /// is read when a lookup asks.
+    pub skb: u64,
     /// The task that was current when it was set (the slot is only trusted for it).
     pub task: u64,
 }

@@ -27,10 +27,15 @@
 //!   that never hit, an output lookup belongs to the caller's namespace and an input lookup
 //!   is unknown;
 //! - an IPv4 miss, tracepoint (no table pointer there): an input lookup (`flowi4_iif` not
-//!   loopback) belongs to the device whose packet this CPU is receiving (`RX_SLOT`, set by
-//!   `netif_receive_skb`, cleared when the NET_RX softirq ends) if its ifindex matches, else
-//!   unknown; an output lookup inside that softirq (ICMP errors, TCP resets) belongs to the
-//!   receiving device's namespace too; outside it, to the current task's namespace.
+//!   loopback) belongs to the device of the packet this CPU is receiving (`RX_SLOT`: the skb,
+//!   set by `netif_receive_skb`, cleared when that receive returns (`netif_receive_skb_exit`,
+//!   which ends receive in process context: tun/tap writes) or the NET_RX softirq ends) if
+//!   that device's ifindex matches, else unknown. The device is `skb->dev` read at the lookup,
+//!   not at `netif_receive_skb`: a device stacked on another (macvlan, ipvlan, vlan,
+//!   `bpf_redirect_peer`) takes the packet over after that tracepoint, in another namespace
+//!   possibly, whose ifindex numbers are its own. An output lookup inside a receive (ICMP
+//!   errors, TCP resets) belongs to the receiving device's namespace too; outside, to the
+//!   current task's namespace.
 //!
 //! `fib_table_lookup(struct fib_table *, const struct flowi4 *, struct fib_result *, int)`
 //! returns 0, -EAGAIN (no match in this table), or the error of the matched route type.
@@ -268,7 +273,10 @@ fn tracepoint_miss_net(flp: u64) -> u64 {
     // SAFETY: bpf_get_current_task only returns a pointer value.
     let task = unsafe { bpf_get_current_task() };
     let rx_dev = match RX_SLOT.get(0) {
-        Some(slot) if slot.dev != 0 && slot.task == task => slot.dev,
+        // The device the packet is on now: the upper one once a stacked device took it.
+        Some(slot) if slot.skb != 0 && slot.task == task => {
+            read::<u64>(slot.skb, offset!(skb_dev)).unwrap_or(0)
+        }
         _ => 0,
     };
     let iif: i32 = Btf::get(flp, offset!(flowi4_iif)).unwrap_or(0);
@@ -311,12 +319,23 @@ pub fn routes_v4_tracepoint(ctx: BtfTracePointContext) -> u32 {
 pub fn routes_rx_begin(ctx: BtfTracePointContext) -> u32 {
     let skb: u64 = ctx.arg(0);
     if let Some(slot) = RX_SLOT.get_ptr_mut(0) {
-        let dev: u64 = Btf::get(skb, offset!(skb_dev)).unwrap_or(0);
         // SAFETY: this CPU's slot; the helper only returns a pointer value.
         unsafe {
-            (*slot).dev = dev;
+            (*slot).skb = skb;
             (*slot).task = bpf_get_current_task();
         }
+    }
+    0
+}
+
+/// The receive `netif_receive_skb` started is over (every device's, nested or not): in
+/// process context (a tun/tap write) no softirq ends it, and the writer's own lookups after
+/// it are its namespace's.
+#[btf_tracepoint(function = "netif_receive_skb_exit")]
+pub fn routes_rx_done(_ctx: BtfTracePointContext) -> u32 {
+    if let Some(slot) = RX_SLOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { (*slot).skb = 0 };
     }
     0
 }
@@ -328,7 +347,7 @@ pub fn routes_rx_end(ctx: BtfTracePointContext) -> u32 {
         && let Some(slot) = RX_SLOT.get_ptr_mut(0)
     {
         // SAFETY: this CPU's slot.
-        unsafe { (*slot).dev = 0 };
+        unsafe { (*slot).skb = 0 };
     }
     0
 }

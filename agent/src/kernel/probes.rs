@@ -336,6 +336,9 @@ const ROUTE_V4_FIELDS: &[&str] = &[
     "net_fib_default",
     "fib_rules_ops_family",
     "fib_rules_ops_fro_net",
+    // The caller's namespace (current_net) for an output lookup in a table that never hit.
+    "task_nsproxy",
+    "nsproxy_net_ns",
 ];
 
 static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
@@ -361,6 +364,7 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
             hooks: &[
                 Hook::BtfTracepoint { program: "routes_v4_tracepoint", tracepoint: "fib_table_lookup" },
                 Hook::BtfTracepoint { program: "routes_rx_begin", tracepoint: "netif_receive_skb" },
+                Hook::BtfTracepoint { program: "routes_rx_done", tracepoint: "netif_receive_skb_exit" },
                 Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
             ],
             fields: &[
@@ -372,11 +376,15 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 "skb_dev",
                 "net_fib_has_custom_rules",
                 "net_fib_default",
+                // The caller's namespace (current_net) for a miss outside any receive.
+                "task_nsproxy",
+                "nsproxy_net_ns",
             ],
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
-                   received packets by the receiving device's namespace (unknown if the input \
-                   interface does not match it), other misses by the caller's namespace; \
+                   received packets by the namespace of the device holding the packet at the \
+                   lookup (stacked devices included; unknown if the input interface does not \
+                   match it), other misses by the caller's namespace; \
                    under policy rules a table without a route is an unresolved miss (no \
                    tracepoint shows the walk's end) and rule actions are not seen",
         },
