@@ -853,3 +853,34 @@ fn lookups_count_exactly_in_many_namespaces_whether_in_a_line_or_the_hash() -> R
     ensure!(counted(&settled, want)?, "counts moved after settling");
     Ok(())
 }
+
+/// IPv6 lookups through `rt6_lookup` (here: joins of a multicast group that name no
+/// interface) run `ip6_pol_route_lookup`, not `fib6_table_lookup`. The tracepoint fires in
+/// both; a probe on `fib6_table_lookup` alone missed them, so fentry and kprobe modes counted
+/// fewer lookups than tracepoint mode for the same traffic. Every mode must count them.
+#[test]
+fn ipv6_lookups_outside_fib6_table_lookup_count_the_same_in_every_mode() -> Result<()> {
+    let agent = Agent::start()?;
+    let ns = NamedNetns::add("v6j")?;
+    let inode = ns.inode()?;
+    wait_for("the agent to know the namespace", std::time::Duration::from_secs(30), || {
+        Ok(agent.scrape()?.series("netns_info").iter().any(|l| l["netns"] == inode.to_string()).then_some(()))
+    })?;
+    wait_quiet_in(&agent, &[inode])?;
+    let before = agent.scrape()?;
+    in_netns(&ns.name, || {
+        let socket = std::net::UdpSocket::bind("[::]:0")?;
+        let group: std::net::Ipv6Addr = "ff0e::1234".parse()?;
+        for _ in 0..K {
+            // Interface 0: the kernel looks the group up to pick one; there is no route.
+            ensure!(socket.join_multicast_v6(&group, 0).is_err(), "a join found a route to {group}");
+        }
+        Ok(())
+    })?;
+    let k = f64::from(K);
+    let after = wait_for("every join's lookup", std::time::Duration::from_secs(30), || {
+        let m = agent.scrape()?;
+        Ok((total(&delta(&before, &m, inode, "ipv6")) >= k).then_some(m))
+    })?;
+    check("multicast joins", &delta(&before, &after, inode, "ipv6"), &[outcome("no_route", k)])
+}

@@ -451,23 +451,13 @@ pub fn routes_v6_tracepoint(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-#[fexit(function = "fib6_table_lookup")]
-pub fn routes_v6_fexit(ctx: FExitContext) -> u32 {
-    v6_lookup::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(4), true);
-    0
-}
-
-#[kprobe]
-pub fn routes_v6_kprobe(ctx: ProbeContext) -> u32 {
-    push_frame([ctx.arg(0).unwrap_or(0), ctx.arg(4).unwrap_or(0), ctx.arg(1).unwrap_or(0)]);
-    0
-}
-
-#[kretprobe]
-pub fn routes_v6_kretprobe(_ctx: RetProbeContext) -> u32 {
-    if let Some([net, res, table]) = pop_frame() {
-        v6_lookup::<Probe>(net, table, res, true);
-    }
+/// fentry and kprobe modes: the same tracepoint as tracepoint mode, so that every mode counts
+/// the same lookups (it also fires in `ip6_pol_route_lookup`, which a probe on
+/// `fib6_table_lookup` misses); lookups under policy rules are counted where
+/// `fib_rules_lookup` returns.
+#[btf_tracepoint(function = "fib6_table_lookup")]
+pub fn routes_v6_tp_ruled(ctx: BtfTracePointContext) -> u32 {
+    v6_lookup::<Btf>(ctx.arg(0), ctx.arg(2), ctx.arg(1), true);
     0
 }
 

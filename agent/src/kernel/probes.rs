@@ -420,13 +420,16 @@ static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
     variants: &[
         Variant {
             mode: Mode::Fentry,
+            // The table lookups through the tracepoint in every mode: it also fires in
+            // ip6_pol_route_lookup (rt6_lookup: multicast joins, tunnels, netfilter), which a
+            // probe on fib6_table_lookup misses, and the counts must not depend on the mode.
             hooks: &[
-                Hook::Fexit { program: "routes_v6_fexit", functions: &["fib6_table_lookup"] },
+                Hook::BtfTracepoint { program: "routes_v6_tp_ruled", tracepoint: "fib6_table_lookup" },
                 Hook::Fexit { program: "routes_v6_rules_fexit", functions: &["fib_rules_lookup"] },
             ],
             fields: ROUTE_V6_FIELDS,
             symbols: &[],
-            sees: "every fib6_table_lookup, by its net argument (exact); lookups under policy \
+            sees: "fib6:fib6_table_lookup, by its net argument (exact); lookups under policy \
                    rules by the outcome fib_rules_lookup returns",
         },
         Variant {
@@ -443,14 +446,13 @@ static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::Kprobe { program: "routes_v6_kprobe", functions: &["fib6_table_lookup"] },
-                Hook::Kretprobe { program: "routes_v6_kretprobe", functions: &["fib6_table_lookup"] },
+                Hook::BtfTracepoint { program: "routes_v6_tp_ruled", tracepoint: "fib6_table_lookup" },
                 Hook::Kprobe { program: "routes_v6_rules_kprobe", functions: &["fib_rules_lookup"] },
                 Hook::Kretprobe { program: "routes_v6_rules_kretprobe", functions: &["fib_rules_lookup"] },
             ],
             fields: ROUTE_V6_FIELDS,
             symbols: &[],
-            sees: "as fentry, at several times the cost per lookup",
+            sees: "as fentry; fib_rules_lookup by kprobe and kretprobe",
         },
     ],
 };
