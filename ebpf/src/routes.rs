@@ -454,9 +454,15 @@ pub fn routes_v6_tracepoint(ctx: BtfTracePointContext) -> u32 {
 /// fentry and kprobe modes: the same tracepoint as tracepoint mode, so that every mode counts
 /// the same lookups (it also fires in `ip6_pol_route_lookup`, which a probe on
 /// `fib6_table_lookup` misses); lookups under policy rules are counted where
-/// `fib_rules_lookup` returns.
+/// `fib_rules_lookup` returns. One program per mode: a program belongs to one variant.
 #[btf_tracepoint(function = "fib6_table_lookup")]
-pub fn routes_v6_tp_ruled(ctx: BtfTracePointContext) -> u32 {
+pub fn routes_v6_tp_fentry(ctx: BtfTracePointContext) -> u32 {
+    v6_lookup::<Btf>(ctx.arg(0), ctx.arg(2), ctx.arg(1), true);
+    0
+}
+
+#[btf_tracepoint(function = "fib6_table_lookup")]
+pub fn routes_v6_tp_kprobe(ctx: BtfTracePointContext) -> u32 {
     v6_lookup::<Btf>(ctx.arg(0), ctx.arg(2), ctx.arg(1), true);
     0
 }

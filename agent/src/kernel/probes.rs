@@ -424,7 +424,7 @@ static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
             // ip6_pol_route_lookup (rt6_lookup: multicast joins, tunnels, netfilter), which a
             // probe on fib6_table_lookup misses, and the counts must not depend on the mode.
             hooks: &[
-                Hook::BtfTracepoint { program: "routes_v6_tp_ruled", tracepoint: "fib6_table_lookup" },
+                Hook::BtfTracepoint { program: "routes_v6_tp_fentry", tracepoint: "fib6_table_lookup" },
                 Hook::Fexit { program: "routes_v6_rules_fexit", functions: &["fib_rules_lookup"] },
             ],
             fields: ROUTE_V6_FIELDS,
@@ -446,7 +446,7 @@ static ROUTE_LOOKUP_V6: ProbeSpec = ProbeSpec {
         Variant {
             mode: Mode::Kprobe,
             hooks: &[
-                Hook::BtfTracepoint { program: "routes_v6_tp_ruled", tracepoint: "fib6_table_lookup" },
+                Hook::BtfTracepoint { program: "routes_v6_tp_kprobe", tracepoint: "fib6_table_lookup" },
                 Hook::Kprobe { program: "routes_v6_rules_kprobe", functions: &["fib_rules_lookup"] },
                 Hook::Kretprobe { program: "routes_v6_rules_kretprobe", functions: &["fib_rules_lookup"] },
             ],
