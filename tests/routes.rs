@@ -522,6 +522,11 @@ fn tun_writer(tun_ns: &str, name: &str, own_ns: &str, count: u32) -> Result<()> 
 fn lookups_of_packets_written_into_a_tun_count_in_its_namespace_and_the_writers_in_its_own() -> Result<()> {
     // A: the writer's namespace (no routes); R: the tun device `vrt`, 10.78.1.1/24, routing to B.
     let (a, r, b) = (quiet_ipv4_namespace("ta")?, quiet_ipv4_namespace("tr")?, quiet_ipv4_namespace("tb")?);
+    // A kernel with tun as a module (the VM kernels) makes /dev/net/tun only once it is
+    // loaded, and opening the missing node cannot load it.
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        run("modprobe", &["tun"])?;
+    }
     ip(&r, "tuntap add dev vrt mode tun")?;
     ip(&r, "addr add 10.78.1.1/24 dev vrt")?;
     ip(&r, "link set vrt up")?;
