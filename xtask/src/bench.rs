@@ -619,9 +619,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _ = writeln!(
         report,
         "Machine: {cores} cores ({cpu}), {mem_gib:.0} GiB, Linux {kernel}; agent in tracepoint mode (the only one \
-         this kernel has). Produced by `sudo cargo xtask bench --seconds {} --rounds {}`; every figure below is \
-         from that run.\n",
-        args.seconds, args.rounds
+         this kernel has). Produced by `sudo cargo xtask bench --seconds {} --rounds {}{}`; every figure below \
+         is from that run.\n",
+        args.seconds,
+        args.rounds,
+        if args.no_vm {
+            " --no-vm".to_owned()
+        } else {
+            format!(" --vm-seconds {} --vm-rounds {}", args.vm_seconds, args.vm_rounds)
+        }
     );
 
     let _pair = Pair::new()?;
