@@ -10,6 +10,10 @@
 //!    namespaces, `/metrics` render time, and a burst of 2,000 creations until all are in
 //!    `netns_info`.
 //!
+//! Part 1 runs again in a VM booted on Debian's 6.12 kernel with the agent forced to fentry
+//! mode (this host's kernel refuses fentry), against an empty fexit program on the same
+//! function: `--cost-only --attach fentry` inside the VM, its table a subsection of part 1.
+//!
 //! Results go to stdout and to `BENCHMARKS.md`.
 
 use std::{
@@ -20,7 +24,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -41,18 +45,48 @@ pub struct BenchArgs {
     /// Alternating throughput rounds per configuration.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Where to write the report.
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    out: PathBuf,
+    /// Where to write the report (default BENCHMARKS.md; with --cost-only, nowhere but stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Part 1 only (cost per event) with the agent forced to --attach, against the empty
+    /// programs on fib_table_lookup; builds and installs nothing (what runs inside the VM).
+    #[arg(long)]
+    cost_only: bool,
+    /// With --cost-only: the attach mode forced on the agent.
+    #[arg(long, default_value = "tracepoint", value_parser = ["fentry", "kprobe", "tracepoint"])]
+    attach: String,
+    /// With --cost-only: the agent binary (default target/release/netns-agent).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// Skip the fentry-mode measurement in the Linux 6.12 VM.
+    #[arg(long)]
+    no_vm: bool,
+    /// Seconds per storm in the VM (software emulation: slow, keep it short).
+    #[arg(long, default_value_t = 4)]
+    vm_seconds: u64,
+    /// Alternating cost rounds in the VM.
+    #[arg(long, default_value_t = 3)]
+    vm_rounds: usize,
 }
 
 const AGENT_PORT: u16 = 19180;
 const BPFTRACE_PROGRAM: &str =
     "tracepoint:fib:fib_table_lookup { @[curtask->nsproxy->net_ns->ns.inum, args->err] = count(); }";
 
+/// The agent binary, when --agent names one.
+static AGENT: OnceLock<PathBuf> = OnceLock::new();
+
 fn agent_bin() -> PathBuf {
-    workspace_root().join("target/release/netns-agent")
+    AGENT.get().cloned().unwrap_or_else(|| workspace_root().join("target/release/netns-agent"))
 }
+
+/// The name bpftool may show for a program: BPF object names are cut at 15 characters.
+fn short(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+/// Programs of the agent measured in part 1.
+const AGENT_PREFIXES: &[&str] = &["routes_", "lifecycle_", "moves_", "inventory_"];
 
 /// A background process stopped with SIGTERM (then SIGKILL) on drop.
 struct Background(Child);
@@ -210,10 +244,10 @@ fn ns_per_datagram(costs: &[Cost], pps: f64, seconds: f64) -> f64 {
 fn start_reference(name: &str) -> Result<Background> {
     let before: Vec<String> = prog_stats()?.into_iter().map(|(n, _, _)| n).collect();
     let child = Background::spawn(Command::new(agent_bin()).args(["bench-floor", "--program", name]))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // bpftool shows names cut at 15 characters.
-    let short = &name[..name.len().min(15)];
-    while !prog_stats()?.iter().any(|(n, _, _)| n == short && !before.contains(n)) {
+    // Bounds for a software-emulated VM as well: loading there takes seconds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // bpftool shows names cut at 15 characters, or the full name from BTF when it has it.
+    while !prog_stats()?.iter().any(|(n, _, _)| (n == short(name) || n == name) && !before.contains(n)) {
         if Instant::now() > deadline {
             bail!("{name} did not attach");
         }
@@ -257,7 +291,7 @@ fn start_agent(extra_config: &str) -> Result<Background> {
         "--config",
         config.to_str().unwrap_or_default(),
     ]))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while http_get("/metrics").is_err() {
         if Instant::now() > deadline {
             bail!("the agent did not start");
@@ -386,14 +420,188 @@ fn render_time_ms() -> Result<f64> {
     Ok(median(times))
 }
 
+/// The agent's IPv4 route program in each forced attach mode (bpftool's 15-character names).
+fn route_program(attach: &str) -> &'static str {
+    match attach {
+        "fentry" => "routes_v4_fexit",
+        "kprobe" => "routes_v4_kretp",
+        _ => "routes_v4_trace",
+    }
+}
+
+/// Marker of the route/empty-fexit ratio in the section `--cost-only` writes, read back by
+/// the host flow for its targets table.
+const RATIO_MARKER: &str = "<!-- route/empty-fexit: ";
+
+/// Part 1 alone, the agent forced to `args.attach`, against the empty fexit and the empty
+/// tp_btf program on `fib_table_lookup`, in alternating rounds. Builds and installs nothing:
+/// inside the VM the file system is read-only.
+fn cost_only(args: &BenchArgs) -> Result<()> {
+    if let Some(agent) = &args.agent {
+        let _ = AGENT.set(agent.clone());
+    }
+    if !agent_bin().exists() {
+        bail!(
+            "{} does not exist: build it (cargo xtask build) or name one with --agent",
+            agent_bin().display()
+        );
+    }
+    let secs = args.seconds as f64;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let _pair = Pair::new()?;
+    step(&format!("cost per event, {} mode (kernel.bpf_stats_enabled=1)", args.attach));
+    sysctl("kernel.bpf_stats_enabled", "1")?;
+    let references = ["bench_empty_fexit", "bench_empty_fib"];
+    let config = format!("attach = \"{}\"\n", args.attach);
+    let mut agent_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
+    let mut reference_rounds: Vec<Vec<Cost>> = vec![Vec::new(); references.len()];
+    let measured = (|| -> Result<()> {
+        for round in 0..args.rounds {
+            eprintln!("cost round {}/{}", round + 1, args.rounds);
+            {
+                let _agent = start_agent(&config)?;
+                agent_rounds.push(cost_over_storm(secs, AGENT_PREFIXES)?);
+            }
+            for (rounds, name) in reference_rounds.iter_mut().zip(references) {
+                let _reference = start_reference(name)?;
+                rounds.extend(cost_over_storm(secs, &[short(name)])?.0);
+            }
+        }
+        Ok(())
+    })();
+    sysctl("kernel.bpf_stats_enabled", "0")?;
+    measured?;
+
+    let route_name = route_program(&args.attach);
+    let route =
+        Spread::of(&agent_rounds.iter().map(|(costs, _)| ns_of(costs, route_name)).collect::<Vec<_>>());
+    let of = |rounds: &[Cost]| Spread::of(&rounds.iter().map(|(_, ns, _)| *ns).collect::<Vec<_>>());
+    let (fexit, tp_btf) = (of(&reference_rounds[0]), of(&reference_rounds[1]));
+    let mut section = String::new();
+    let _ = writeln!(
+        section,
+        "Linux {kernel}, agent forced to {} mode (`attach = \"{}\"`); {} alternating rounds of {}-second UDP \
+         storms.\n",
+        args.attach, args.attach, args.rounds, args.seconds
+    );
+    let _ = writeln!(
+        section,
+        "| program (hook) | runs (last round) | ns per run, median | spread |\n|---|---:|---:|---|"
+    );
+    let mut names: Vec<(String, u64)> = agent_rounds
+        .last()
+        .map(|(costs, _)| costs.iter().map(|(n, _, runs)| (n.clone(), *runs)).collect())
+        .unwrap_or_default();
+    names.sort_by_key(|(_, runs)| std::cmp::Reverse(*runs));
+    for (name, runs) in &names {
+        let spread =
+            Spread::of(&agent_rounds.iter().map(|(costs, _)| ns_of(costs, name)).collect::<Vec<_>>());
+        let _ = writeln!(section, "| agent `{name}` | {runs} | {} |", spread.cell());
+    }
+    for ((rounds, name), what) in
+        reference_rounds.iter().zip(references).zip(["empty fexit (floor)", "empty tp_btf"])
+    {
+        let runs = rounds.last().map_or(0, |(_, _, runs)| *runs);
+        let _ = writeln!(section, "| {what} `{name}` | {runs} | {} |", of(rounds).cell());
+    }
+    let _ = writeln!(
+        section,
+        "\nIPv4 route program `{route_name}` / empty fexit program: **{:.2}x** (target <= 1.5x); / empty tp_btf \
+         program: {:.2}x; empty fexit / empty tp_btf: {:.2}x.\n{RATIO_MARKER}{:.3} -->\n",
+        route.median / fexit.median,
+        route.median / tp_btf.median,
+        fexit.median / tp_btf.median,
+        route.median / fexit.median,
+    );
+    print!("{section}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &section).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Boots Debian's 6.12 kernel under virtme-ng (software emulation) and runs `--cost-only
+/// --attach fentry` there with this xtask and the agent just built (the VM sees the host's
+/// files read-only; it writes only into its directory under target/vm). Returns the section it
+/// wrote and the route/empty-fexit ratio.
+fn fentry_in_vm(args: &BenchArgs) -> Result<(String, f64)> {
+    let kernels = setup::vm_tools()?;
+    let kernel = kernels
+        .iter()
+        .find(|k| k.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-6.12.")))
+        .context("no Linux 6.12 VM kernel (cargo xtask setup installs one)")?;
+    // Under the workspace, not /tmp: virtme-ng gives the guest its own /tmp.
+    let dir = workspace_root().join("target/vm/bench-fentry");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let xtask = std::env::current_exe()?;
+    let script = format!(
+        "#!/bin/sh\n# Generated by cargo xtask bench: runs inside the VM.\n\
+         {xtask} bench --cost-only --attach fentry --agent {agent} --seconds {seconds} --rounds {rounds} \
+         --out {dir}/cost.md > {dir}/bench.log 2>&1\necho $? > {dir}/bench.rc\n",
+        xtask = xtask.display(),
+        agent = agent_bin().display(),
+        seconds = args.vm_seconds,
+        rounds = args.vm_rounds,
+        dir = dir.display(),
+    );
+    let script_path = dir.join("run.sh");
+    std::fs::write(&script_path, script)?;
+    std::fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let vng = setup::vng().context("vng not found (cargo xtask setup installs virtme-ng)")?;
+    let console = std::fs::File::create(dir.join("console.log"))?;
+    let started = Instant::now();
+    // Bounded so that a hung guest cannot stall the run.
+    let status = Command::new("timeout")
+        .args(["--signal=KILL", "1800"])
+        .arg(vng)
+        .arg("-r")
+        .arg(kernel)
+        .args(["--disable-kvm", "-m", "2G", "--rwdir"])
+        .arg(&dir)
+        .arg("--")
+        .arg(&script_path)
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .stdin(Stdio::null())
+        .status()?;
+    eprintln!("VM done in {} s", started.elapsed().as_secs());
+    let log = std::fs::read_to_string(dir.join("bench.log")).unwrap_or_default();
+    eprint!("{log}");
+    if status.code() == Some(137) {
+        bail!("the VM timed out (see {}/console.log)", dir.display());
+    }
+    let rc = std::fs::read_to_string(dir.join("bench.rc")).unwrap_or_default();
+    if rc.trim() != "0" {
+        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        bail!("the bench in the VM failed ({last}; see {}/bench.log and console.log)", dir.display());
+    }
+    let section = std::fs::read_to_string(dir.join("cost.md")).context("the VM wrote no cost.md")?;
+    let ratio = section
+        .split_once(RATIO_MARKER)
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((section, ratio))
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask bench loads eBPF programs: run it as root");
+    }
+    if args.cost_only {
+        return cost_only(&args);
     }
     setup::build_tools()?;
     setup::apt(&["iproute2", "bpftool", "bpftrace"])?;
     step("building the agent (release)");
     cargo(&["build", "--release", "-p", "netns-agent"])?;
+    // The VM first, alone: its emulation would take the host's cores from the storms below.
+    let vm = if args.no_vm {
+        None
+    } else {
+        step("fentry mode: part 1 in a Linux 6.12 VM");
+        Some(fentry_in_vm(&args))
+    };
     raise_fd_limit(65536);
     let secs = args.seconds as f64;
     let mut report = String::new();
@@ -411,9 +619,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _ = writeln!(
         report,
         "Machine: {cores} cores ({cpu}), {mem_gib:.0} GiB, Linux {kernel}; agent in tracepoint mode (the only one \
-         this kernel has). Produced by `sudo cargo xtask bench --seconds {} --rounds {}`; every figure below is \
-         from that run.\n",
-        args.seconds, args.rounds
+         this kernel has). Produced by `sudo cargo xtask bench --seconds {} --rounds {}{}`; every figure below \
+         is from that run.\n",
+        args.seconds,
+        args.rounds,
+        if args.no_vm {
+            " --no-vm".to_owned()
+        } else {
+            format!(" --vm-seconds {} --vm-rounds {}", args.vm_seconds, args.vm_rounds)
+        }
     );
 
     let _pair = Pair::new()?;
@@ -430,7 +644,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("cost round {}/{}", round + 1, args.rounds);
         {
             let agent = start_agent("")?;
-            agent_rounds.push(cost_over_storm(secs, &["routes_", "lifecycle_", "moves_", "inventory_"])?);
+            agent_rounds.push(cost_over_storm(secs, AGENT_PREFIXES)?);
             if round == 0 {
                 storm_cpu = cpu_percent(agent.pid(), || storm(secs).map(|_| ()))?;
             }
@@ -508,6 +722,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         agent_datagram.cell().replace(" | ", " ns, "),
         empty_datagram.cell().replace(" | ", " ns, "),
     );
+    if let Some(vm) = &vm {
+        let _ = writeln!(report, "### Fentry mode, Linux 6.12 VM\n");
+        let _ = writeln!(
+            report,
+            "This kernel refuses fentry, so `cargo xtask bench` boots Debian's 6.12 kernel under virtme-ng \
+             (software emulation, `--disable-kvm`) and runs `cargo xtask bench --cost-only --attach fentry` there. \
+             Emulation makes absolute times meaningless (many times the host's): only ratios within the VM count.\n"
+        );
+        match vm {
+            Ok((section, _)) => report.push_str(section),
+            Err(err) => {
+                let _ = writeln!(report, "Not measured: {err:#}.\n");
+            }
+        }
+    }
     // 2. Throughput.
     step("throughput rounds");
     let mut none = Vec::new();
@@ -558,6 +787,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "| IPv4 route program / empty program (tracepoint) | {:.2}x | <= 1.5x |",
         route.median / empty.median
     );
+    if let Some(vm) = &vm {
+        let _ = writeln!(
+            report,
+            "| IPv4 route program / empty fexit program (fentry mode, 6.12 VM) | {} | <= 1.5x |",
+            vm.as_ref().map_or("not measured".to_owned(), |(_, ratio)| format!("{ratio:.2}x"))
+        );
+    }
     let _ = writeln!(
         report,
         "| counting step alone / empty program (experiment) | {:.2}x | |",
@@ -660,7 +896,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
 
     print!("{report}");
-    let out = if args.out.is_absolute() { args.out.clone() } else { workspace_root().join(&args.out) };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("BENCHMARKS.md"));
+    let out = if out.is_absolute() { out } else { workspace_root().join(out) };
     // Hand-written reading of the numbers, kept across runs below this marker.
     const MARKER: &str = "<!-- analysis: kept by cargo xtask bench -->";
     if let Ok(previous) = std::fs::read_to_string(&out) {

@@ -119,7 +119,12 @@ fn installed_kernel(series: &str) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        // The realtime flavour (`-rt-`) is another kernel with the same version numbers.
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && !n.contains("-rt-"))
+        })
         .collect();
     found.sort_by_key(|p| version_key(&p.to_string_lossy()));
     found.pop()

@@ -121,16 +121,22 @@ fn mode_summary(outcomes: &[attach::ProbeOutcome], mode: Mode) -> String {
     }
 }
 
-/// Attaches the reference program `name` on `fib_table_lookup` and waits for SIGINT/SIGTERM.
+/// Attaches the reference program `name` on `fib_table_lookup` (a BTF tracepoint or, for
+/// `bench_empty_fexit`, an fexit) and waits for SIGINT/SIGTERM.
 pub fn bench_floor(settings: &Settings, name: &str) -> anyhow::Result<()> {
-    use aya::programs::BtfTracePoint;
+    use aya::programs::Program;
     let Prepared { mut ebpf, btf, .. } = loader::prepare(&settings.btf, settings.limits.maps)?;
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow::anyhow!("{name} missing from the object"))?
-        .try_into()?;
-    program.load("fib_table_lookup", &btf)?;
-    program.attach()?;
+    match ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("{name} missing from the object"))? {
+        Program::BtfTracePoint(program) => {
+            program.load("fib_table_lookup", &btf)?;
+            program.attach()?;
+        }
+        Program::FExit(program) => {
+            program.load("fib_table_lookup", &btf)?;
+            program.attach()?;
+        }
+        _ => anyhow::bail!("{name} is neither a BTF tracepoint nor an fexit program (build mismatch)"),
+    }
     println!("attached {name}");
     host::wait_for_termination()?;
     Ok(())
