@@ -56,8 +56,8 @@ use netns_agent_common::{
     limits::{IN_FLIGHT, ROUTE_KEYS},
     offsets::UNKNOWN,
     routes::{
-        LookupFrames, ROUTE_LINES, RouteCounts, RouteKey, RouteLine, RxSlot, UNKNOWN_NETNS, family, kind,
-        result, route_line, table,
+        LookupFrames, ROUTE_LINES, RouteCounts, RouteKey, RouteLine, RxSlot, TableOwner, UNKNOWN_NETNS,
+        family, kind, result, route_line, table,
     },
 };
 
@@ -92,6 +92,11 @@ static ROUTE_KEYS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The device whose packet this CPU is receiving (tracepoint mode).
 #[map]
 static RX_SLOT: PerCpuArray<RxSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// The table whose owner this CPU last confirmed from a hit (fentry/kprobe): hits in the same
+/// table skip the owner hash, whose lookup would otherwise cost every hit.
+#[map]
+static LAST_OWNED: PerCpuArray<TableOwner> = PerCpuArray::with_max_entries(1, 0);
 
 /// Arguments of lookups in flight, by thread (kprobe mode only).
 #[map]
@@ -358,17 +363,25 @@ pub fn routes_rx_end(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn v4_returned<M: Mem>(tb: u64, flp: u64, res: u64, err: i32) {
     let tb_id: u32 = M::get(tb, offset!(fib_table_id)).unwrap_or(0);
-    let owner = netns::table_owner(tb);
     if err == 0 {
         let net = M::get::<u64>(res, offset!(fib_result_nhc)).map(nhc_net::<M>).unwrap_or(0);
         // Tables appear lazily (a new namespace has none until its first route) and rules
-        // split local from main: learn each table's owner from its hits.
-        if net != 0 && owner.net != net {
-            netns::set_table_owner(tb, net_cookie::<M>(net), net);
+        // split local from main: learn each table's owner from its hits. `cookie` holds the
+        // table pointer in this per-CPU note.
+        if let Some(last) = LAST_OWNED.get_ptr_mut(0) {
+            // SAFETY: this CPU's value; a nested run at worst redoes the check below.
+            let last = unsafe { &mut *last };
+            if net != 0 && (last.cookie != tb || last.net != net) {
+                if netns::table_owner(tb).net != net {
+                    netns::set_table_owner(tb, net_cookie::<M>(net), net);
+                }
+                *last = TableOwner { cookie: tb, net };
+            }
         }
         v4_lookup::<M>(net, tb_id, err, true);
         return;
     }
+    let owner = netns::table_owner(tb);
     // The pointers below come from a map or the task: read through `Probe`.
     let net = if owner.cookie != UNKNOWN_NETNS && netns::is_alive(owner.cookie) {
         // The owner is checked alive: a table of a dead namespace may have been freed and
