@@ -56,17 +56,18 @@ pub const VM_KERNELS: &[VmKernel] = &[
         modes: &["kprobe", "fentry"],
         tests: None,
     },
-    // PREEMPT_RT: softirqs run in threads (ksoftirqd, or the task that re-enables BH), and
-    // fentry programs are preemptible. Tracepoint mode attributes receive-path lookups by
-    // that context, fentry mode counts in per-CPU maps another task on the CPU may also
-    // update: the tests of route lookups, namespace lifecycle and device moves in those two
-    // modes (kprobe programs run with preemption off, as on the 6.12 kernel above).
+    // PREEMPT_RT: softirqs run in threads (ksoftirqd, or the task that re-enables BH),
+    // fentry programs are preemptible, and per-CPU hash values are refilled from a thread.
+    // Tracepoint mode attributes receive-path lookups by that context, and the route
+    // counters live in per-CPU maps: the route tests, and the cheap device-move tests, in
+    // those two modes. The lifecycle tests pass there too but are left out for time
+    // (README, Tests).
     VmKernel {
         name: "6.12-rt",
         prefix: "6.12.",
         suffix: "+deb12-rt-amd64",
         modes: &["tracepoint", "fentry"],
-        tests: Some(&["routes", "lifecycle", "moves"]),
+        tests: Some(&["routes", "moves"]),
     },
 ];
 

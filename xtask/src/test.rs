@@ -47,8 +47,8 @@ pub struct TestArgs {
     /// Only these kernels of the VM matrix (6.1, 6.12, 6.12-rt).
     #[arg(long, value_delimiter = ',')]
     vm_kernels: Vec<String>,
-    /// VMs of the matrix that run at once (one VM per kernel and mode; 6: the whole matrix).
-    #[arg(long, default_value_t = 6)]
+    /// VMs of the matrix that run at once (one VM per kernel and mode).
+    #[arg(long, default_value_t = 4)]
     vm_jobs: usize,
     /// Only run end-to-end tests whose name contains this (passed to the test binaries).
     #[arg(long)]
