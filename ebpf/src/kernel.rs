@@ -83,7 +83,7 @@ pub fn is_err_ptr(value: u64) -> bool {
     value >= (-4095i64) as u64
 }
 
-/// Adds to a u64 slot shared by all CPUs.
+/// Adds to a u64 slot that other CPUs, or other (preempted) programs on this CPU, update too.
 #[inline(always)]
 pub fn atomic_add(slot: *mut u64, delta: u64) {
     // The BPF target has no `AtomicU64`; the intrinsic lowers to BPF's atomic add.

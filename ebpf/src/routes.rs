@@ -62,7 +62,7 @@ use netns_agent_common::{
 };
 
 use crate::{
-    kernel::{Btf, Mem, Probe, current_net, offset, read},
+    kernel::{Btf, Mem, Probe, atomic_add, current_net, offset, read},
     netns::{self, dev_net, net_cookie},
 };
 
@@ -125,13 +125,17 @@ pub(crate) fn count(key: RouteKey, result: usize) {
         // SAFETY: this CPU's value; BPF programs do not migrate while they run.
         let line = unsafe { &mut *line };
         if line.cookie == key.cookie {
-            line.by_family[RouteLine::family_index(key.family) & 1].by_result[result] += 1;
+            // Atomic: see below.
+            atomic_add(&raw mut line.by_family[RouteLine::family_index(key.family) & 1].by_result[result], 1);
             return;
         }
     }
     if let Some(counts) = ROUTE_LOOKUPS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value; BPF programs do not migrate while they run.
-        unsafe { (*counts).by_result[result] += 1 };
+        // An atomic add although the value is this CPU's: fentry/fexit programs run with
+        // migration disabled but preemptible (PREEMPT_RT, preempt=full), so another task's
+        // program on this CPU can update the same counter between a load and a store.
+        // SAFETY: this CPU's value, inside the map value.
+        atomic_add(unsafe { &raw mut (*counts).by_result[result] }, 1);
         return;
     }
     let mut fresh = RouteCounts::default();
@@ -141,13 +145,12 @@ pub(crate) fn count(key: RouteKey, result: usize) {
         Err(EEXIST) => {
             if let Some(counts) = ROUTE_LOOKUPS.get_ptr_mut(key) {
                 // SAFETY: as above.
-                unsafe { (*counts).by_result[result] += 1 };
+                atomic_add(unsafe { &raw mut (*counts).by_result[result] }, 1);
             }
         }
         Err(_) => {
             if let Some(full) = ROUTE_KEYS_FULL.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot.
-                unsafe { *full += 1 };
+                atomic_add(full, 1);
             }
         }
     }
@@ -218,15 +221,17 @@ fn v6_walk<M: Mem>(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> W
 #[inline(always)]
 fn record<M: Mem>(net: u64, tb_id: u32, family: u16, result: usize, walk: Walk) {
     let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie::<M>(net) };
-    // SAFETY: a read-only global the loader wrote.
-    if unsafe { core::ptr::read_volatile(&raw const ROUTE_TABLE_DETAIL) } != 0 {
-        count(RouteKey { cookie, table: tb_id, family, kind: kind::TABLE }, result);
-    }
+    // The whole lookup first: on PREEMPT_RT a program run can get only one new hash key (see
+    // `RouteMaps::seed` in the agent), and this is the count that must not be lost.
     let key = RouteKey { cookie, table: 0, family, kind: kind::LOOKUP };
     match walk {
         Walk::Ends => count(key, result),
         Walk::Unresolved => count(key, result::UNRESOLVED),
         Walk::GoesOn | Walk::Outside => {}
+    }
+    // SAFETY: a read-only global the loader wrote.
+    if unsafe { core::ptr::read_volatile(&raw const ROUTE_TABLE_DETAIL) } != 0 {
+        count(RouteKey { cookie, table: tb_id, family, kind: kind::TABLE }, result);
     }
 }
 

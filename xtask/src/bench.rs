@@ -526,9 +526,10 @@ fn cost_only(args: &BenchArgs) -> Result<()> {
 /// wrote and the route/empty-fexit ratio.
 fn fentry_in_vm(args: &BenchArgs) -> Result<(String, f64)> {
     let kernels = setup::vm_tools()?;
-    let kernel = kernels
+    // The 6.12 kernel of the matrix (not its -rt flavour): by name, one definition of each.
+    let (_, kernel) = kernels
         .iter()
-        .find(|k| k.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-6.12.")))
+        .find(|(k, _)| k.name == "6.12")
         .context("no Linux 6.12 VM kernel (cargo xtask setup installs one)")?;
     // Under the workspace, not /tmp: virtme-ng gives the guest its own /tmp.
     let dir = workspace_root().join("target/vm/bench-fentry");

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: lint, unit tests, end-to-end tests on the host kernel (tracepoint
 //! mode), the real container runtimes on the host kernel, the deployment tiers, the fuzz tier
-//! (`fuzz/`, each parser target for a bounded time) and the VM matrix (Debian 6.1 and 6.12
-//! kernels booted with virtme-ng; kprobe and fentry modes). Ends with a summary naming each
+//! (`fuzz/`, each parser target for a bounded time) and the VM matrix (Debian 12's 6.1 and
+//! 6.12 kernels booted with virtme-ng in kprobe and fentry modes, its 6.12 PREEMPT_RT kernel
+//! in tracepoint and fentry modes; `setup::VM_KERNELS`). Ends with a summary naming each
 //! tier, (kernel, mode) and fuzz target, and its result.
 
 use std::{
@@ -40,9 +41,12 @@ pub struct TestArgs {
     /// Seconds each fuzz target runs.
     #[arg(long, default_value_t = 20)]
     fuzz_seconds: u32,
-    /// Attach modes to test in the VMs.
-    #[arg(long, value_delimiter = ',', default_value = "kprobe,fentry")]
+    /// Only these attach modes in the VMs (default: each kernel's modes, see README).
+    #[arg(long, value_delimiter = ',')]
     vm_modes: Vec<String>,
+    /// Only these kernels of the VM matrix (6.1, 6.12, 6.12-rt).
+    #[arg(long, value_delimiter = ',')]
+    vm_kernels: Vec<String>,
     /// VMs of the matrix that run at once (one VM per kernel and mode).
     #[arg(long, default_value_t = 4)]
     vm_jobs: usize,
@@ -146,6 +150,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !kernels.is_empty() {
         tiers.extend(vm_matrix(
             &kernels,
+            &args.vm_kernels,
             &args.vm_modes,
             &vm_binaries,
             &agent,
@@ -411,12 +416,12 @@ fn run_binaries(
     (passed, failed, error)
 }
 
-/// Boots `kernel` once and runs every test binary in each mode; returns a tier per mode.
-/// One VM of the matrix: a kernel booted to run every binary in one attach mode.
+/// One VM of the matrix: a kernel booted to run its test binaries in one attach mode.
 struct VmJob<'a> {
     kernel: &'a Path,
     version: String,
     mode: &'a str,
+    binaries: Vec<PathBuf>,
 }
 
 /// The VM matrix: one VM per (kernel, mode), `jobs` at a time. Under software emulation the
@@ -425,25 +430,41 @@ struct VmJob<'a> {
 /// on 2 cores, so VMs side by side cut the matrix's wall time with bounds that already allow
 /// for a slow guest (NETNS_AGENT_TEST_SLOWDOWN).
 fn vm_matrix(
-    kernels: &[PathBuf],
-    modes: &[String],
+    kernels: &[(&'static setup::VmKernel, PathBuf)],
+    only_kernels: &[String],
+    only_modes: &[String],
     binaries: &[PathBuf],
     agent: &Path,
     filter: Option<&str>,
     jobs: usize,
 ) -> Vec<Tier> {
-    let matrix: Vec<VmJob> = kernels
+    let wanted = |only: &[String], name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    // Longest first: a kernel running every test starts before one running a subset, so
+    // the subsets fill the slots the long VMs leave.
+    let mut matrix: Vec<VmJob> = kernels
         .iter()
-        .flat_map(|kernel| {
-            let version = kernel
+        .filter(|(kernel, _)| wanted(only_kernels, kernel.name))
+        .flat_map(|(kernel, image)| {
+            let version = image
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("?")
                 .trim_start_matches("vmlinuz-")
                 .to_owned();
-            modes.iter().map(move |mode| VmJob { kernel, version: version.clone(), mode })
+            let binaries: Vec<PathBuf> = binaries
+                .iter()
+                .filter(|b| kernel.tests.is_none_or(|tests| tests.iter().any(|t| test_file_is(b, t))))
+                .cloned()
+                .collect();
+            kernel.modes.iter().filter(|mode| wanted(only_modes, mode)).map(move |mode| VmJob {
+                kernel: image,
+                version: version.clone(),
+                mode,
+                binaries: binaries.clone(),
+            })
         })
         .collect();
+    matrix.sort_by_key(|job| std::cmp::Reverse(job.binaries.len()));
     step(&format!(
         "VMs: {} ({} at a time)",
         matrix.iter().map(|j| format!("{} / {}", j.version, j.mode)).collect::<Vec<_>>().join(", "),
@@ -457,7 +478,7 @@ fn vm_matrix(
                 loop {
                     let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(job) = matrix.get(index) else { break };
-                    let tier = vm(job, binaries, agent, filter);
+                    let tier = vm(job, agent, filter);
                     *results[index].lock().unwrap() = Some(tier);
                 }
             });
@@ -466,8 +487,17 @@ fn vm_matrix(
     results.into_iter().filter_map(|r| r.into_inner().unwrap()).collect()
 }
 
-fn vm(job: &VmJob, binaries: &[PathBuf], agent: &Path, filter: Option<&str>) -> Tier {
-    let VmJob { kernel, version, mode } = job;
+/// Whether `binary` is the test binary of `tests/NAME.rs` (cargo names it `NAME-HASH`).
+fn test_file_is(binary: &Path, name: &str) -> bool {
+    binary
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(name)?.strip_prefix('-'))
+        .is_some_and(|hash| hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn vm(job: &VmJob, agent: &Path, filter: Option<&str>) -> Tier {
+    let VmJob { kernel, version, mode, binaries } = job;
     let dir = workspace_root().join("target/vm").join(format!("{version}-{mode}"));
     let start = Instant::now();
     let result = (|| -> Result<()> {
@@ -536,5 +566,13 @@ mod tests {
                     test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured\n";
         assert_eq!(count_results(text), (9, 2));
         assert_eq!(count_results("no tests"), (0, 0));
+    }
+
+    #[test]
+    fn a_kernel_subset_names_test_files() {
+        let binary = Path::new("/t/target/debug/deps/routes-305d60bd9e1856d5");
+        assert!(test_file_is(binary, "routes"));
+        assert!(!test_file_is(binary, "route"));
+        assert!(!test_file_is(Path::new("/t/routes-extra-305d60bd"), "routes"));
     }
 }

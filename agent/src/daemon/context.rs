@@ -60,6 +60,18 @@ impl Agent {
             cgroups: &self.cgroups,
             on_new_namespace: &notify,
         };
+        let created: Vec<u64> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Lifecycle(e) if e.kind == netns_agent_common::events::kind::NETNS_CREATED => {
+                    Some(e.cookie)
+                }
+                _ => None,
+            })
+            .collect();
+        if !created.is_empty() {
+            self.maps().seed(created);
+        }
         for event in events {
             families::apply(&cx, event);
         }

@@ -205,10 +205,11 @@ async fn start(settings: &Settings) -> Result<Started, DaemonError> {
     }
 
     let cleanup_attached = outcomes.iter().any(|o| o.probe.name == CLEANUP_PROBE && o.attached.is_some());
-    let maps = FamilyMaps::take(&mut ebpf, cleanup_attached)?;
+    let mut maps = FamilyMaps::take(&mut ebpf, cleanup_attached)?;
     let ring = EventRing::take(&mut ebpf)?;
     let mut namespaces = NamespaceTable::with_capacity(settings.limits.tracked_namespaces);
     let inventory = seed(&mut ebpf, &mut namespaces);
+    maps.seed(namespaces.iter().map(|(cookie, _)| cookie));
     let events_file = match &settings.events_file {
         Some(path) => Some(EventsFile::open(path, settings.events_file_max_bytes)?),
         None => None,

@@ -67,6 +67,12 @@ impl FamilyMaps {
         self.routes.give_lines(cookies);
     }
 
+    /// Makes the route counters of namespaces the agent just learned of (see
+    /// [`routes::RouteMaps::seed`]).
+    pub fn seed(&mut self, cookies: impl IntoIterator<Item = u64>) {
+        self.routes.seed(cookies);
+    }
+
     /// Deletes the kernel-side counters of namespaces whose series expired.
     pub fn forget(&mut self, cookies: &HashSet<u64>) {
         self.routes.forget(cookies);

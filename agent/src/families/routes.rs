@@ -12,7 +12,7 @@ use aya::{
     util::nr_cpus,
 };
 use netns_agent_common::routes::{
-    ROUTE_LINES, RouteCounts, RouteKey, RouteLine, family, kind, result, route_line,
+    ROUTE_LINES, RouteCounts, RouteKey, RouteLine, UNKNOWN_NETNS, family, kind, result, route_line,
 };
 
 use crate::{
@@ -104,6 +104,30 @@ impl RouteMaps {
     /// Lookups not counted because the key table was full.
     pub fn keys_full(&self) -> u64 {
         self.keys_full.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Creates the whole-lookup keys in the hash (both families, zero counts: no series until
+    /// a lookup) of namespaces the agent just learned of, and of `unknown`: a namespace counts
+    /// there until it gets its line (at the next expiry tick, if the line is free), and for
+    /// good when another namespace holds its line. Why from user space: the
+    /// kernel's per-CPU hash takes each new key's per-CPU value from a per-CPU cache of
+    /// about one element, refilled by irq_work; on PREEMPT_RT irq_work runs in a thread,
+    /// which cannot run inside a tracepoint or kprobe program (preemption off), so a program
+    /// run that inserts two new keys (a table's and the lookup's, with the table detail)
+    /// fails the second with ENOMEM. User space inserts them in a preemptible system call.
+    pub fn seed(&mut self, cookies: impl IntoIterator<Item = u64>) {
+        /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): a key the kernel already made keeps
+        /// its counts (the insert fails with EEXIST).
+        const BPF_NOEXIST: u64 = 1;
+        let cpus = crate::kernel::host::possible_cpus() as usize;
+        for cookie in cookies.into_iter().chain([UNKNOWN_NETNS]) {
+            for family in [family::IPV4, family::IPV6] {
+                let key = RouteKey { cookie, table: 0, family, kind: kind::LOOKUP };
+                if let Ok(zeros) = PerCpuValues::try_from(vec![RouteCounts::default(); cpus]) {
+                    let _ = self.lookups.insert(key, zeros, BPF_NOEXIST);
+                }
+            }
+        }
     }
 
     /// Deletes the counters of namespaces whose series expired, and frees their lines: they
