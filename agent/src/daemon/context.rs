@@ -144,6 +144,9 @@ impl Agent {
         });
         if !removed.is_empty() {
             self.maps().forget(&removed);
+            // Their series, journal views and counter keys were read at every scrape until
+            // now: give the pages a burst of them took back to the system.
+            crate::kernel::host::trim_heap();
         }
         let alive: Vec<u64> = self.model.with(|state| {
             state
