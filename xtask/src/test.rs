@@ -2,7 +2,7 @@
 //! mode), the real container runtimes on the host kernel, the deployment tiers, the fuzz tier
 //! (`fuzz/`, each parser target for a bounded time) and the VM matrix (Debian 12's 6.1 and
 //! 6.12 kernels booted with virtme-ng in kprobe and fentry modes, its 6.12 PREEMPT_RT kernel
-//! in tracepoint and fentry modes; `setup::VM_KERNELS`). Ends with a summary naming each
+//! in tracepoint mode; `setup::VM_KERNELS`), which runs beside the tiers after the host's. Ends with a summary naming each
 //! tier, (kernel, mode) and fuzz target, and its result.
 
 use std::{
@@ -48,7 +48,7 @@ pub struct TestArgs {
     #[arg(long, value_delimiter = ',')]
     vm_kernels: Vec<String>,
     /// VMs of the matrix that run at once (one VM per kernel and mode).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 5)]
     vm_jobs: usize,
     /// Only run end-to-end tests whose name contains this (passed to the test binaries).
     #[arg(long)]
@@ -104,11 +104,6 @@ pub fn run(args: TestArgs) -> Result<()> {
         if args.no_vm || args.deploy_only || args.runtimes_only { Vec::new() } else { setup::vm_tools()? };
     let mut tiers = Vec::new();
 
-    if !only {
-        tiers.push(lint());
-        tiers.push(unit());
-        tiers.extend(fuzz::tiers(args.fuzz_seconds));
-    }
     step("building the agent (release) and the end-to-end tests");
     cargo(&["build", "--release", "-p", "netns-agent"])?;
     let binaries = e2e_binaries()?;
@@ -124,16 +119,10 @@ pub fn run(args: TestArgs) -> Result<()> {
     let (runtimes_binaries, binaries): (Vec<PathBuf>, Vec<PathBuf>) =
         binaries.into_iter().partition(|b| is(b, "runtimes-"));
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // The host tier first, alone: its churn, scrape-latency and live-Prometheus tests measure
+    // this host, and the VMs (software emulation) would be load of our own making.
     if !only {
         tiers.push(host(&binaries, &agent, release.trim(), args.filter.as_deref()));
-    }
-    if !args.vm_only && !args.deploy_only {
-        tiers.push(runtimes(&runtimes_binaries, &agent, release.trim(), args.filter.as_deref()));
-    }
-    if !args.vm_only && !args.runtimes_only {
-        tiers.push(timed("manifests  k8s schemas, CRD, promtool, systemd", || deploy::manifests(&agent)));
-        tiers.push(timed("image  build, labels, size, save/load", deploy::image_tier));
-        tiers.push(daemonset(&daemonset_binaries, args.filter.as_deref()));
     }
     // The kernel matrix runs everything but the live-Prometheus test, which is about
     // Prometheus and Grafana, not kernels, and runs once on the host.
@@ -147,17 +136,56 @@ pub fn run(args: TestArgs) -> Result<()> {
         .filter(|b| !is(b, "prometheus-") && !is(b, "web-") && !is(b, "privileges-") && !is(b, "churn-"))
         .cloned()
         .collect();
-    if !kernels.is_empty() {
-        tiers.extend(vm_matrix(
-            &kernels,
-            &args.vm_kernels,
-            &args.vm_modes,
-            &vm_binaries,
-            &agent,
-            args.filter.as_deref(),
-            args.vm_jobs,
-        ));
-    }
+    // The VM matrix is the longest part of a run, and its guests spend most of it waiting
+    // on their emulated kernels: it runs beside the tiers that follow (lint, unit tests,
+    // fuzzing, the runtimes and deployment tiers, none of which times the host), so the
+    // run takes about as long as the matrix instead of the sum of both.
+    let vm_tiers = std::thread::scope(|scope| {
+        let matrix = (!kernels.is_empty()).then(|| {
+            scope.spawn(|| {
+                vm_matrix(
+                    &kernels,
+                    &args.vm_kernels,
+                    &args.vm_modes,
+                    &vm_binaries,
+                    &agent,
+                    args.filter.as_deref(),
+                    args.vm_jobs,
+                )
+            })
+        });
+        if !only {
+            tiers.push(lint());
+            tiers.push(unit());
+            tiers.extend(fuzz::tiers(args.fuzz_seconds));
+        }
+        if !args.vm_only && !args.deploy_only {
+            tiers.push(runtimes(&runtimes_binaries, &agent, release.trim(), args.filter.as_deref()));
+        }
+        if !args.vm_only && !args.runtimes_only {
+            tiers.push(timed("manifests  k8s schemas, CRD, promtool, systemd", || deploy::manifests(&agent)));
+            tiers.push(timed("image  build, labels, size, save/load", deploy::image_tier));
+            tiers.push(daemonset(&daemonset_binaries, args.filter.as_deref()));
+        }
+        if matrix.is_some() {
+            step("waiting for the VM matrix");
+        }
+        matrix
+            .map(|m| {
+                m.join().unwrap_or_else(|_| {
+                    vec![Tier {
+                        name: "vm".into(),
+                        passed: 0,
+                        failed: 0,
+                        error: Some("the VM matrix panicked".into()),
+                        note: None,
+                        elapsed: started.elapsed(),
+                    }]
+                })
+            })
+            .unwrap_or_default()
+    });
+    tiers.extend(vm_tiers);
     summarize(&tiers, started)
 }
 
@@ -487,6 +515,12 @@ fn vm_matrix(
     results.into_iter().filter_map(|r| r.into_inner().unwrap()).collect()
 }
 
+/// The last `n` lines of `text`.
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Whether `binary` is the test binary of `tests/NAME.rs` (cargo names it `NAME-HASH`).
 fn test_file_is(binary: &Path, name: &str) -> bool {
     binary
@@ -519,13 +553,16 @@ fn vm(job: &VmJob, agent: &Path, filter: Option<&str>) -> Tier {
         std::fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let vng = setup::vng().context("vng not found")?;
         let console = std::fs::File::create(dir.join("console.log"))?;
-        // Software emulation (no KVM here): bounded so a hung guest cannot stall CI.
+        // Software emulation (no KVM here): bounded so a hung guest cannot stall CI. The
+        // longest cells take about 36 minutes beside the other VMs and the host's tiers.
         let status = Command::new("timeout")
-            .args(["--signal=KILL", "2400"])
+            .args(["--signal=KILL", "3300"])
             .arg(vng)
             .arg("-r")
             .arg(kernel)
-            .args(["--disable-kvm", "-m", "2G", "--rwdir"])
+            // The guest's console at warning level: quiet while tests pass, and an oops, a
+            // BUG or the panic that ends a VM early (virtme-ng boots with panic=-1) is kept.
+            .args(["--disable-kvm", "-m", "2G", "--verbose", "--append", "loglevel=4", "--rwdir"])
             .arg(&dir)
             .arg("--")
             .arg(&script_path)
@@ -543,8 +580,15 @@ fn vm(job: &VmJob, agent: &Path, filter: Option<&str>) -> Tier {
     let rcs = std::fs::read_to_string(dir.join("tests.rc")).unwrap_or_default();
     // Printed whole, after the VM ends, so that the logs of VMs side by side do not interleave.
     println!("\n==> VM: Linux {version} / {mode} ({} s)\n{log}", elapsed.as_secs());
+    let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let console_tail = tail_lines(&console, 60);
     let (passed, failed) = count_results(&log);
     let crashed = rcs.lines().filter(|l| !l.ends_with(" 0")).count() as u32;
+    let stopped = result.is_err() || rcs.lines().count() < binaries.len();
+    if stopped || console.contains("Call Trace") || console.contains("BUG") {
+        // The log dies with CI's clone: what the guest kernel said is printed here.
+        println!("--> guest console, last lines:\n{console_tail}");
+    }
     let error = match &result {
         Err(err) => Some(err.to_string()),
         Ok(()) if rcs.lines().count() < binaries.len() => {
