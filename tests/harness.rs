@@ -378,7 +378,7 @@ pub fn thread_comm() -> String {
 
 /// Creates a namespace with `clone(CLONE_NEWNET)` (or clone3); the child exits at once.
 pub fn clone_newnet(clone3: bool) -> Result<()> {
-    match raw_clone_newnet(clone3) {
+    match raw_clone_newnet(clone3, 0) {
         // SAFETY: the child exits immediately, touching nothing of the parent's state.
         0 => unsafe { libc::_exit(0) },
         -1 => bail!("clone failed: {}", std::io::Error::last_os_error()),
@@ -393,7 +393,7 @@ pub fn clone_newnet(clone3: bool) -> Result<()> {
 
 /// A fork-like clone with `CLONE_NEWNET`: 0 in the child, the child's pid or -1 in the caller.
 /// Only raw syscalls: it also runs in forked children of this multi-threaded process.
-fn raw_clone_newnet(clone3: bool) -> i64 {
+fn raw_clone_newnet(clone3: bool, also: u64) -> i64 {
     const CLONE_NEWNET: u64 = 0x4000_0000;
     if clone3 {
         #[repr(C)]
@@ -408,12 +408,13 @@ fn raw_clone_newnet(clone3: bool) -> i64 {
             stack_size: u64,
             tls: u64,
         }
-        let args = CloneArgs { flags: CLONE_NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let args =
+            CloneArgs { flags: CLONE_NEWNET | also, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
         // SAFETY: a fork-like clone3; the caller makes the child exit at once.
         unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) }
     } else {
         // SAFETY: a fork-like clone (no new stack); the caller makes the child exit at once.
-        unsafe { libc::syscall(libc::SYS_clone, CLONE_NEWNET | libc::SIGCHLD as u64, 0, 0, 0, 0) }
+        unsafe { libc::syscall(libc::SYS_clone, CLONE_NEWNET | also | libc::SIGCHLD as u64, 0, 0, 0, 0) }
     }
 }
 
@@ -427,9 +428,29 @@ pub fn failing_creations(unshares: u32, clones: u32) -> Result<u32> {
 
 /// `failing_creations` by a child named `comm`, so the journal tells its failures apart.
 pub fn failing_creations_as(comm: &str, unshares: u32, clones: u32) -> Result<u32> {
+    failing_calls_as(comm, c"/proc/sys/user/max_net_namespaces", 0, unshares, clones)
+}
+
+/// Calls that ask for a network namespace and a UTS namespace and fail on the UTS one: as
+/// [`failing_creations_as`], with `max_uts_namespaces` 0 instead (the kernel makes the UTS
+/// namespace first, so it never starts the network namespace). Returns the attempts.
+pub fn failing_beside_as(comm: &str, unshares: u32, clones: u32) -> Result<u32> {
+    failing_calls_as(comm, c"/proc/sys/user/max_uts_namespaces", libc::CLONE_NEWUTS as u64, unshares, clones)
+}
+
+/// In a child named `comm`, in a new user namespace whose `limit` is 0: `unshares`
+/// unshare(CLONE_NEWNET | `also`), then `clones` clone and clone3 calls each, every one
+/// required to fail with ENOSPC.
+fn failing_calls_as(
+    comm: &str,
+    limit: &std::ffi::CStr,
+    also: u64,
+    unshares: u32,
+    clones: u32,
+) -> Result<u32> {
     let name = std::ffi::CString::new(comm)?;
     let uid_map = c"/proc/self/uid_map";
-    let limit = c"/proc/sys/user/max_net_namespaces";
+    let unshare_flags = libc::CLONE_NEWNET | also as libc::c_int;
     // SAFETY: after fork the child runs only raw syscalls on pre-built data, then _exit.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -447,13 +468,13 @@ pub fn failing_creations_as(comm: &str, unshares: u32, clones: u32) -> Result<u3
                 libc::_exit(11);
             }
             for _ in 0..unshares {
-                if libc::unshare(libc::CLONE_NEWNET) == 0 || *libc::__errno_location() != libc::ENOSPC {
+                if libc::unshare(unshare_flags) == 0 || *libc::__errno_location() != libc::ENOSPC {
                     libc::_exit(12);
                 }
             }
             for clone3 in [false, true] {
                 for _ in 0..clones {
-                    match raw_clone_newnet(clone3) {
+                    match raw_clone_newnet(clone3, also) {
                         0 => libc::_exit(0),
                         -1 if *libc::__errno_location() == libc::ENOSPC => {}
                         _ => libc::_exit(13),
@@ -1038,7 +1059,7 @@ pub fn clone_newnet_inode(clone3: bool) -> Result<u64> {
     // SAFETY: pipe2 fills the two fds.
     ensure!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
     let (read_end, write_end) = (pipe[0], pipe[1]);
-    match raw_clone_newnet(clone3) {
+    match raw_clone_newnet(clone3, 0) {
         // SAFETY: the child closes its write end, waits for EOF and exits: raw calls only.
         0 => unsafe {
             libc::close(write_end);

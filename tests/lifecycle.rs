@@ -266,6 +266,43 @@ fn failed_creations_are_counted_not_created() -> Result<()> {
 }
 
 #[test]
+fn a_call_failing_on_another_namespace_is_never_a_setup_failure() -> Result<()> {
+    // unshare, clone and clone3 asking for a network and a UTS namespace, failing on the UTS
+    // namespace's limit (ENOSPC), which the kernel checks before it starts the network
+    // namespace. kprobe and fentry modes never see copy_net_ns run. Tracepoint mode sees only
+    // the call's ENOSPC, which the network namespace limit returns too: unattributed, never
+    // a setup failure. Then one real failure by the same comm, so that "none counted" cannot
+    // be a count not yet read.
+    let agent = Agent::start()?;
+    let comm = unique_comm("beside");
+    let since = agent.last_seq()?;
+    let before = agent.scrape()?;
+    let beside = netns_agent_e2e::failing_beside_as(&comm, 3, 2)?;
+    let real = netns_agent_e2e::failing_creations_as(&comm, 1, 0)?;
+    let events = wait_for("the real failure in the journal", Duration::from_secs(10), || {
+        let (events, _) = agent.events_since(since)?;
+        Ok((!events_of(&events, "netns_setup_failed", &comm).is_empty()).then_some(events))
+    })?;
+    let failed = events_of(&events, "netns_setup_failed", &comm).len();
+    ensure!(
+        failed == real as usize,
+        "journal failures: {failed}, real failures: {real} (and {beside} beside)"
+    );
+    let after = agent.scrape()?;
+    let failures = after.value("netns_setup_failures_total", &[("comm", &comm)])?;
+    ensure!(failures == f64::from(real), "setup failures: {failures}, real: {real} (and {beside} beside)");
+    let unattributed = after.value("netns_setup_failures_unattributed_total", &[])?
+        - before.value("netns_setup_failures_unattributed_total", &[])?;
+    if netns_agent_e2e::mode() == "tracepoint" {
+        // A global counter: another process's failures may add to it, never take away.
+        ensure!(unattributed >= f64::from(beside), "unattributed: {unattributed}, calls: {beside}");
+    } else {
+        ensure!(unattributed == 0.0, "unattributed in {} mode: {unattributed}", netns_agent_e2e::mode());
+    }
+    Ok(())
+}
+
+#[test]
 fn reused_inode_numbers_do_not_confuse_the_alive_set() -> Result<()> {
     // Short-lived namespaces recycle inode numbers within seconds; keyed by inode, a new
     // namespace would collide with the dying one it replaces and the counts would drift.

@@ -16,6 +16,12 @@ pub mod routes;
 /// `CLONE_NEWNET` from `include/uapi/linux/sched.h`.
 pub const CLONE_NEWNET: u64 = 0x4000_0000;
 
+/// The other `CLONE_NEW*` flags (mount, cgroup, uts, ipc, user, pid, time): namespaces a
+/// `clone` or `unshare` creates next to a network namespace, whose own limits and
+/// allocations can fail the call with the errors a network namespace's setup returns.
+pub const CLONE_NEW_OTHERS: u64 =
+    0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x80;
+
 /// `TASK_COMM_LEN`: a task's comm is at most 15 bytes plus NUL.
 pub const COMM_LEN: usize = 16;
 

@@ -25,8 +25,12 @@ pub mod counter {
     pub const RECONCILED: u32 = 7;
     /// Failed creations whose comm did not fit in `FAILED_BY_COMM`.
     pub const FAILED_COMM_OVERFLOW: u32 = 8;
+    /// Tracepoint mode: calls asking for a network namespace that failed with an error some
+    /// other step of the same call also returns, so no probe tells whether the namespace's
+    /// setup failed (ENOMEM; ENOSPC when other namespaces were asked for too).
+    pub const SETUP_FAILURES_UNATTRIBUTED: u32 = 9;
     /// Number of slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Upper bounds of the setup-duration histogram buckets, nanoseconds. Shared by the kernel
@@ -128,6 +132,8 @@ const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 72);
 pub struct PendingCreate {
     /// `bpf_ktime_get_boot_ns()` at the start.
     pub start_ns: u64,
+    /// The call's `CLONE_*` flags.
+    pub flags: u64,
 }
 
 crate::user_pod!(NetnsRecord, LifecycleEvent, PendingCreate);

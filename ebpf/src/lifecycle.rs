@@ -26,7 +26,7 @@ use aya_ebpf::{
     },
 };
 use netns_agent_common::{
-    CLONE_NEWNET, COMM_LEN,
+    CLONE_NEW_OTHERS, CLONE_NEWNET, COMM_LEN,
     events::kind,
     lifecycle::{LifecycleEvent, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter},
     limits::{CREATOR_COMMS, IN_FLIGHT},
@@ -245,19 +245,25 @@ pub fn destroyed(cookie: u64, reconciled: bool) {
 }
 
 #[inline(always)]
-fn start_pending() {
-    let pending = PendingCreate { start_ns: now_ns() };
+fn start_pending(flags: u64) {
+    let pending = PendingCreate { start_ns: now_ns(), flags };
     let _ = PENDING_CREATES.insert(current_tid(), pending, 0);
 }
 
 /// Takes the pending start of this thread's creation, if one was recorded.
 #[inline(always)]
 fn take_pending() -> Option<u64> {
+    take_pending_call().map(|p| p.start_ns)
+}
+
+/// Takes this thread's pending creation (start and flags), if one was recorded.
+#[inline(always)]
+fn take_pending_call() -> Option<PendingCreate> {
     let tid = current_tid();
     // SAFETY: copied out before the remove.
-    let start = unsafe { PENDING_CREATES.get(tid) }.map(|p| p.start_ns)?;
+    let pending = unsafe { PENDING_CREATES.get(tid) }.copied()?;
     let _ = PENDING_CREATES.remove(tid);
-    Some(start)
+    Some(pending)
 }
 
 /// The end of `copy_net_ns`: `ret` is the new `struct net *` or an ERR_PTR.
@@ -279,7 +285,7 @@ fn copy_net_ns_returned(ret: u64) {
 pub fn lifecycle_create_fentry(ctx: FEntryContext) -> u32 {
     let flags: u64 = ctx.arg(0);
     if flags & CLONE_NEWNET != 0 {
-        start_pending();
+        start_pending(flags);
     }
     0
 }
@@ -312,7 +318,7 @@ pub fn lifecycle_destroy_fentry(ctx: FEntryContext) -> u32 {
 pub fn lifecycle_create_kprobe(ctx: ProbeContext) -> u32 {
     let flags: u64 = ctx.arg(0).unwrap_or(0);
     if flags & CLONE_NEWNET != 0 {
-        start_pending();
+        start_pending(flags);
     }
     0
 }
@@ -339,23 +345,34 @@ pub fn lifecycle_destroy_kprobe(ctx: ProbeContext) -> u32 {
 const SYSCALL_ARG0: usize = 16;
 const SYSCALL_RET: usize = 16;
 
-/// Errors that namespace creation itself returns (`copy_net_ns`: allocation, the
-/// `max_net_namespaces` limit, pernet init). Permission and argument errors are returned
-/// before any namespace work starts and are not setup failures.
+/// A `clone`/`unshare` that asked for a network namespace returned `ret`, an error: what
+/// tracepoint mode can tell of it without a probe in `copy_net_ns`.
+/// - ENOSPC when the network namespace is the only one asked for: only the
+///   `max_net_namespaces` limit returns it in such a call, so the setup failed.
+/// - ENOSPC with other namespaces asked for too: each has its own limit; ENOMEM: any
+///   allocation of the call (the task, the nsproxy, another namespace) returns it. The
+///   network namespace may not even have been started: counted apart, as unattributed,
+///   never as a setup failure (kprobe and fentry modes see `copy_net_ns` fail, exactly).
+/// - Anything else (permissions, arguments, process limits) is returned before or beside
+///   namespace work and is not a setup failure.
 #[inline(always)]
-fn is_setup_error(ret: i64) -> bool {
-    ret == ENOMEM || ret == ENOSPC
+fn call_failed(ret: i64, flags: u64) {
+    if ret == ENOSPC && flags & CLONE_NEW_OTHERS == 0 {
+        failed(ret);
+    } else if ret == ENOSPC || ret == ENOMEM {
+        add(counter::SETUP_FAILURES_UNATTRIBUTED, 1);
+    }
 }
 
 #[inline(always)]
 fn syscall_returned(ctx: &TracePointContext) {
-    let Some(_start) = take_pending() else {
+    let Some(pending) = take_pending_call() else {
         return;
     };
     // SAFETY: offset inside the tracepoint record.
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(0);
-    if ret < 0 && is_setup_error(ret) {
-        failed(ret);
+    if ret < 0 {
+        call_failed(ret, pending.flags);
     }
 }
 
@@ -382,24 +399,24 @@ pub fn lifecycle_unshare_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: offset inside the tracepoint record.
     let flags: u64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(0);
     if flags & CLONE_NEWNET != 0 {
-        start_pending();
+        start_pending(flags);
     }
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_unshare")]
 pub fn lifecycle_unshare_exit(ctx: TracePointContext) -> u32 {
-    let Some(start) = take_pending() else {
+    let Some(pending) = take_pending_call() else {
         return 0;
     };
     // SAFETY: offset inside the tracepoint record.
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(0);
     if ret == 0 {
         if let Ok(net) = current_net() {
-            let _ = created(net, current_tgid(), start);
+            let _ = created(net, current_tgid(), pending.start_ns);
         }
-    } else if is_setup_error(ret) {
-        failed(ret);
+    } else if ret < 0 {
+        call_failed(ret, pending.flags);
     }
     0
 }
@@ -409,7 +426,7 @@ pub fn lifecycle_clone_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: offset inside the tracepoint record.
     let flags: u64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(0);
     if flags & CLONE_NEWNET != 0 {
-        start_pending();
+        start_pending(flags);
     }
     0
 }
@@ -421,7 +438,7 @@ pub fn lifecycle_clone3_enter(ctx: TracePointContext) -> u32 {
     let uargs: u64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(0);
     let flags: u64 = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
     if flags & CLONE_NEWNET != 0 {
-        start_pending();
+        start_pending(flags);
     }
     0
 }

@@ -80,6 +80,12 @@ pub const SETUP_FAILURES: MetricDef = def(
     &["comm"],
     "Network namespace creations that failed, by the comm of the process that asked.",
 );
+pub const SETUP_FAILURES_UNATTRIBUTED: MetricDef = def(
+    "netns_setup_failures_unattributed_total",
+    COUNTER,
+    &[],
+    "Tracepoint mode only: calls asking for a network namespace that failed with ENOMEM, or ENOSPC beside other new namespaces, where no probe tells whether the network namespace's setup failed (never counted as setup failures).",
+);
 pub const SETUP_DURATION: MetricDef = def(
     "netns_setup_duration_seconds",
     HISTOGRAM,
@@ -258,6 +264,7 @@ pub const ALL: &[&MetricDef] = &[
     &RECONCILED,
     &CREATED,
     &SETUP_FAILURES,
+    &SETUP_FAILURES_UNATTRIBUTED,
     &SETUP_DURATION,
     &DESTROYED,
     &ALIVE,
@@ -355,6 +362,7 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         failures.add(&[comm], *count as f64);
     }
     out.push(failures.finish());
+    out.push(single(&SETUP_FAILURES_UNATTRIBUTED, lc.setup_failures_unattributed as f64));
     let bounds: Vec<f64> = SETUP_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).collect();
     let mut duration = Family::new(&SETUP_DURATION);
     duration.histogram(&bounds, &lc.setup_buckets, lc.setup_sum_ns as f64 / 1e9);

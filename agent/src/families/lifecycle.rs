@@ -62,6 +62,7 @@ impl LifecycleMaps {
                 .map(|(comm, n)| (labels::from_kernel(&comm), n))
                 .collect(),
             failed_comm_overflow: self.counter(counter::FAILED_COMM_OVERFLOW),
+            setup_failures_unattributed: self.counter(counter::SETUP_FAILURES_UNATTRIBUTED),
             setup_buckets: (0..SETUP_HISTOGRAM_SLOTS)
                 .map(|slot| self.histogram.get(&slot, 0).unwrap_or(0))
                 .collect(),

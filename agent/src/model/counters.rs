@@ -15,6 +15,8 @@ pub struct LifecycleCounters {
     pub failed_by_comm: Vec<(String, u64)>,
     /// Failed creations whose comm the per-comm table had no room for.
     pub failed_comm_overflow: u64,
+    /// Tracepoint mode: failed calls no probe can tell a setup failure from another's.
+    pub setup_failures_unattributed: u64,
     /// Setup-time histogram: one count per bucket (not cumulative), the last one +Inf.
     pub setup_buckets: Vec<u64>,
     pub setup_sum_ns: u64,
@@ -32,6 +34,7 @@ impl Default for LifecycleCounters {
             setup_failures: 0,
             failed_by_comm: Vec::new(),
             failed_comm_overflow: 0,
+            setup_failures_unattributed: 0,
             setup_buckets: vec![0; SETUP_HISTOGRAM_SLOTS as usize],
             setup_sum_ns: 0,
             destroyed: 0,
