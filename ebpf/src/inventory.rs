@@ -40,12 +40,16 @@ struct Walk {
 #[inline(always)]
 fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
     let refs: u32 = read(net, offset!(net_refcount))?;
+    let cookie: u64 = read(net, offset!(net_cookie))?;
     if refs == 0 {
-        // Teardown began (`__put_net` ran); the teardown probe accounts for it.
+        // Teardown began (`__put_net` ran, `cleanup_net` has not taken it off this list
+        // yet). kprobe and fentry modes saw it begin; tracepoint mode sees it only once its
+        // `cleanup_net` runs, which waits behind a stuck one: the walk tells it instead, so
+        // that it shows as terminating, then dying, not as a live namespace. Counted once.
         walk.status.dying += 1;
+        destroyed(cookie, true);
         return Ok(());
     }
-    let cookie: u64 = read(net, offset!(net_cookie))?;
     let inum: u32 = read(net, offset!(net_inum))?;
     if let Some(slot) = INVENTORY.get_ptr_mut(walk.status.count) {
         // SAFETY: `slot` points into the array's value memory.

@@ -66,7 +66,7 @@ pub const RECONCILED: MetricDef = def(
     "netns_agent_reconciled_total",
     COUNTER,
     &[],
-    "Namespaces the periodic inventory found gone although no teardown probe reported them.",
+    "Namespaces the periodic inventory found gone, or in teardown, although no teardown probe had reported them.",
 );
 pub const CREATED: MetricDef = def(
     "netns_created_total",
