@@ -446,15 +446,21 @@ fn kprobe_misses_are_exported_only_where_the_kernel_reports_them() -> Result<()>
         let text = agent.get("/metrics")?;
         ensure!(!text.contains("netns_agent_kprobe_missed_total"), "the family is present though empty");
     } else {
-        // bpftool's names are cut at 15 characters.
+        // The kernel keeps 15 characters of a name (bpftool may show the full one from BTF):
+        // compared on those, and by count (two programs may share the first 15).
+        let cut = |name: &str| name.chars().take(15).collect::<String>();
         let mut names = BTreeSet::new();
         for id in &kprobes {
             let out = netns_agent_e2e::run("bpftool", &["prog", "show", "id", &id.to_string(), "--json"])?;
             let prog: Value = serde_json::from_slice(&out.stdout)?;
-            names.insert(prog["name"].as_str().context("bpftool name")?.to_owned());
+            names.insert(cut(prog["name"].as_str().context("bpftool name")?));
         }
-        let cut: BTreeSet<String> = exported.iter().map(|n| n.chars().take(15).collect()).collect();
-        ensure!(cut == names, "series {exported:?} for the kprobe programs {names:?}");
+        let exported_cut: BTreeSet<String> = exported.iter().map(|n| cut(n)).collect();
+        ensure!(
+            exported.len() == kprobes.len() && exported_cut == names,
+            "series {exported:?} for the {} kprobe programs {names:?}",
+            kprobes.len()
+        );
     }
     println!("{} perf links, {} of kprobes; series: {exported:?}", linked.len(), kprobes.len());
     Ok(())
