@@ -143,9 +143,11 @@ fn kprobe_link_missed(fd: i32, link_id: u32) -> Option<u64> {
 /// (`FdLink::info`) but keeps the union private, and reaching the descriptor through aya
 /// would take the link away from the program that owns it.
 fn link_info(fd: i32) -> Option<bpf_link_info> {
-    // SAFETY: both are plain C structures of integers and unions of integers, valid zeroed
-    // (the kernel requires the unused parts of the attribute to be zero).
+    // SAFETY: a plain C structure of integers and unions of integers: valid all zero (the
+    // kernel reads the name buffer fields from it: zero asks for no name).
     let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    // SAFETY: a C union of structures of integers: valid all zero, and the kernel requires
+    // the parts the command does not use to be zero.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.info.bpf_fd = u32::try_from(fd).ok()?;
     attr.info.info = std::ptr::from_mut(&mut info) as u64;
