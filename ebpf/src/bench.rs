@@ -3,6 +3,8 @@
 //! - `bench_empty_fib`: does nothing, the floor of any program on the hook;
 //! - `bench_empty_fexit`: does nothing, an fexit on `fib_table_lookup`: the floor of the
 //!   route program in fentry mode (`routes_v4_fexit`), measured in the 6.12 VM;
+//! - `bench_empty_fib6`: does nothing, on `fib6_table_lookup`: the floor of the IPv6 route
+//!   programs, which use that tracepoint in every mode;
 //! - `bench_count_fib`: the route program's counting step alone (one per-CPU hash update with
 //!   the agent's key and value, no reads of the kernel): the experiment that tells the cost of
 //!   the counting from the cost of finding the namespace.
@@ -15,6 +17,11 @@ use netns_agent_common::routes::{RouteKey, family, kind, result};
 
 #[btf_tracepoint(function = "fib_table_lookup")]
 pub fn bench_empty_fib(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "fib6_table_lookup")]
+pub fn bench_empty_fib6(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

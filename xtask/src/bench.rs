@@ -134,6 +134,9 @@ impl Pair {
         ip("-n nab-a link add va type veth peer name vb netns nab-b")?;
         ip("-n nab-a addr add 10.88.0.1/24 dev va")?;
         ip("-n nab-b addr add 10.88.0.2/24 dev vb")?;
+        // nodad: usable at once (duplicate address detection would hold them tentative).
+        ip("-n nab-a addr add fd88::1/64 dev va nodad")?;
+        ip("-n nab-b addr add fd88::2/64 dev vb nodad")?;
         ip("-n nab-a link set va up")?;
         ip("-n nab-b link set vb up")?;
         ip("-n nab-a link set lo up")?;
@@ -153,8 +156,25 @@ impl Drop for Pair {
     }
 }
 
+/// The address family of a storm: IPv4 runs `fib_table_lookup`, IPv6 `fib6_table_lookup`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// (local address to bind, destination).
+    fn addresses(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("10.88.0.1:0", "10.88.0.2:9"),
+            Family::V6 => ("[fd88::1]:0", "[fd88::2]:9"),
+        }
+    }
+}
+
 /// Sends UDP datagrams from nab-a to nab-b for `seconds`; returns packets per second.
-fn storm(seconds: f64) -> Result<f64> {
+fn storm(seconds: f64, family: Family) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let worker = {
@@ -165,13 +185,15 @@ fn storm(seconds: f64) -> Result<f64> {
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 bail!("setns: {}", std::io::Error::last_os_error());
             }
-            let socket = std::net::UdpSocket::bind("10.88.0.1:0")?;
+            let (local, remote) = family.addresses();
+            let socket = std::net::UdpSocket::bind(local)?;
+            let remote: std::net::SocketAddr = remote.parse()?;
             let payload = [0u8; 64];
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..256 {
                     // Unconnected: one route lookup per datagram, as a server's replies.
-                    if socket.send_to(&payload, "10.88.0.2:9").is_ok() {
+                    if socket.send_to(&payload, remote).is_ok() {
                         n += 1;
                     }
                 }
@@ -257,9 +279,9 @@ fn start_reference(name: &str) -> Result<Background> {
 }
 
 /// ns per run of every program whose name starts with one of `prefixes`, over a storm.
-fn cost_over_storm(seconds: f64, prefixes: &[&str]) -> Result<(Vec<Cost>, f64)> {
+fn cost_over_storm(seconds: f64, family: Family, prefixes: &[&str]) -> Result<(Vec<Cost>, f64)> {
     let before = prog_stats()?;
-    let pps = storm(seconds)?;
+    let pps = storm(seconds, family)?;
     let after = prog_stats()?;
     let mut costs = Vec::new();
     for (name, time, count) in &after {
@@ -429,9 +451,44 @@ fn route_program(attach: &str) -> &'static str {
     }
 }
 
-/// Marker of the route/empty-fexit ratio in the section `--cost-only` writes, read back by
-/// the host flow for its targets table.
+/// The agent's IPv6 route program in each forced attach mode: a BTF tracepoint on
+/// fib6_table_lookup in every mode (bpftool's 15-character names).
+fn route6_program(attach: &str) -> &'static str {
+    match attach {
+        "fentry" => "routes_v6_tp_fe",
+        "kprobe" => "routes_v6_tp_kp",
+        _ => "routes_v6_trace",
+    }
+}
+
+/// Markers of the route/empty ratios in the section `--cost-only` writes, read back by the
+/// host flow for its targets table.
 const RATIO_MARKER: &str = "<!-- route/empty-fexit: ";
+const RATIO6_MARKER: &str = "<!-- route6/empty-fib6: ";
+
+/// The rows of one storm's cost table: every agent program that ran in the last round (by
+/// runs), then the references.
+fn cost_rows(agent_rounds: &[(Vec<Cost>, f64)], references: &[(&str, &str, &[Cost])]) -> String {
+    let mut rows = String::from(
+        "| program (hook) | runs (last round) | ns per run, median | spread |\n|---|---:|---:|---|\n",
+    );
+    let mut names: Vec<(String, u64)> = agent_rounds
+        .last()
+        .map(|(costs, _)| costs.iter().map(|(n, _, runs)| (n.clone(), *runs)).collect())
+        .unwrap_or_default();
+    names.sort_by_key(|(_, runs)| std::cmp::Reverse(*runs));
+    for (name, runs) in &names {
+        let spread =
+            Spread::of(&agent_rounds.iter().map(|(costs, _)| ns_of(costs, name)).collect::<Vec<_>>());
+        let _ = writeln!(rows, "| agent `{name}` | {runs} | {} |", spread.cell());
+    }
+    for (what, name, rounds) in references {
+        let runs = rounds.last().map_or(0, |(_, _, runs)| *runs);
+        let spread = Spread::of(&rounds.iter().map(|(_, ns, _)| *ns).collect::<Vec<_>>());
+        let _ = writeln!(rows, "| {what} `{name}` | {runs} | {} |", spread.cell());
+    }
+    rows
+}
 
 /// Part 1 alone, the agent forced to `args.attach`, against the empty fexit and the empty
 /// tp_btf program on `fib_table_lookup`, in alternating rounds. Builds and installs nothing:
@@ -451,20 +508,27 @@ fn cost_only(args: &BenchArgs) -> Result<()> {
     let _pair = Pair::new()?;
     step(&format!("cost per event, {} mode (kernel.bpf_stats_enabled=1)", args.attach));
     sysctl("kernel.bpf_stats_enabled", "1")?;
-    let references = ["bench_empty_fexit", "bench_empty_fib"];
+    // Each reference with the storm that runs its hook.
+    let references = [
+        ("bench_empty_fexit", Family::V4),
+        ("bench_empty_fib", Family::V4),
+        ("bench_empty_fib6", Family::V6),
+    ];
     let config = format!("attach = \"{}\"\n", args.attach);
     let mut agent_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
+    let mut agent6_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
     let mut reference_rounds: Vec<Vec<Cost>> = vec![Vec::new(); references.len()];
     let measured = (|| -> Result<()> {
         for round in 0..args.rounds {
             eprintln!("cost round {}/{}", round + 1, args.rounds);
             {
                 let _agent = start_agent(&config)?;
-                agent_rounds.push(cost_over_storm(secs, AGENT_PREFIXES)?);
+                agent_rounds.push(cost_over_storm(secs, Family::V4, AGENT_PREFIXES)?);
+                agent6_rounds.push(cost_over_storm(secs, Family::V6, AGENT_PREFIXES)?);
             }
-            for (rounds, name) in reference_rounds.iter_mut().zip(references) {
+            for (rounds, (name, family)) in reference_rounds.iter_mut().zip(references) {
                 let _reference = start_reference(name)?;
-                rounds.extend(cost_over_storm(secs, &[short(name)])?.0);
+                rounds.extend(cost_over_storm(secs, family, &[short(name)])?.0);
             }
         }
         Ok(())
@@ -472,38 +536,30 @@ fn cost_only(args: &BenchArgs) -> Result<()> {
     sysctl("kernel.bpf_stats_enabled", "0")?;
     measured?;
 
-    let route_name = route_program(&args.attach);
-    let route =
-        Spread::of(&agent_rounds.iter().map(|(costs, _)| ns_of(costs, route_name)).collect::<Vec<_>>());
+    let (route_name, route6_name) = (route_program(&args.attach), route6_program(&args.attach));
+    let of_agent = |rounds: &[(Vec<Cost>, f64)], name: &str| {
+        Spread::of(&rounds.iter().map(|(costs, _)| ns_of(costs, name)).collect::<Vec<_>>())
+    };
+    let route = of_agent(&agent_rounds, route_name);
+    let route6 = of_agent(&agent6_rounds, route6_name);
     let of = |rounds: &[Cost]| Spread::of(&rounds.iter().map(|(_, ns, _)| *ns).collect::<Vec<_>>());
-    let (fexit, tp_btf) = (of(&reference_rounds[0]), of(&reference_rounds[1]));
+    let (fexit, tp_btf, tp_btf6) =
+        (of(&reference_rounds[0]), of(&reference_rounds[1]), of(&reference_rounds[2]));
     let mut section = String::new();
     let _ = writeln!(
         section,
         "Linux {kernel}, agent forced to {} mode (`attach = \"{}\"`); {} alternating rounds of {}-second UDP \
-         storms.\n",
+         storms, IPv4 then IPv6 with the same agent.\n",
         args.attach, args.attach, args.rounds, args.seconds
     );
-    let _ = writeln!(
-        section,
-        "| program (hook) | runs (last round) | ns per run, median | spread |\n|---|---:|---:|---|"
-    );
-    let mut names: Vec<(String, u64)> = agent_rounds
-        .last()
-        .map(|(costs, _)| costs.iter().map(|(n, _, runs)| (n.clone(), *runs)).collect())
-        .unwrap_or_default();
-    names.sort_by_key(|(_, runs)| std::cmp::Reverse(*runs));
-    for (name, runs) in &names {
-        let spread =
-            Spread::of(&agent_rounds.iter().map(|(costs, _)| ns_of(costs, name)).collect::<Vec<_>>());
-        let _ = writeln!(section, "| agent `{name}` | {runs} | {} |", spread.cell());
-    }
-    for ((rounds, name), what) in
-        reference_rounds.iter().zip(references).zip(["empty fexit (floor)", "empty tp_btf"])
-    {
-        let runs = rounds.last().map_or(0, |(_, _, runs)| *runs);
-        let _ = writeln!(section, "| {what} `{name}` | {runs} | {} |", of(rounds).cell());
-    }
+    let _ = writeln!(section, "IPv4 storm:\n");
+    section.push_str(&cost_rows(
+        &agent_rounds,
+        &[
+            ("empty fexit (floor)", references[0].0, &reference_rounds[0]),
+            ("empty tp_btf", references[1].0, &reference_rounds[1]),
+        ],
+    ));
     let _ = writeln!(
         section,
         "\nIPv4 route program `{route_name}` / empty fexit program: **{:.2}x** (target <= 1.5x); / empty tp_btf \
@@ -512,6 +568,18 @@ fn cost_only(args: &BenchArgs) -> Result<()> {
         route.median / tp_btf.median,
         fexit.median / tp_btf.median,
         route.median / fexit.median,
+    );
+    let _ = writeln!(section, "IPv6 storm:\n");
+    section.push_str(&cost_rows(
+        &agent6_rounds,
+        &[("empty tp_btf on fib6_table_lookup (floor)", references[2].0, &reference_rounds[2])],
+    ));
+    let _ = writeln!(
+        section,
+        "\nIPv6 route program `{route6_name}` (a tp_btf on fib6_table_lookup in every mode) / empty program on the \
+         same tracepoint: **{:.2}x** (target <= 1.5x).\n{RATIO6_MARKER}{:.3} -->\n",
+        route6.median / tp_btf6.median,
+        route6.median / tp_btf6.median,
     );
     print!("{section}");
     if let Some(out) = &args.out {
@@ -523,8 +591,8 @@ fn cost_only(args: &BenchArgs) -> Result<()> {
 /// Boots Debian's 6.12 kernel under virtme-ng (software emulation) and runs `--cost-only
 /// --attach fentry` there with this xtask and the agent just built (the VM sees the host's
 /// files read-only; it writes only into its directory under target/vm). Returns the section it
-/// wrote and the route/empty-fexit ratio.
-fn fentry_in_vm(args: &BenchArgs) -> Result<(String, f64)> {
+/// wrote and the IPv4 route/empty-fexit and IPv6 route/empty-tp_btf ratios.
+fn fentry_in_vm(args: &BenchArgs) -> Result<(String, f64, f64)> {
     let kernels = setup::vm_tools()?;
     // The 6.12 kernel of the matrix (not its -rt flavour): by name, one definition of each.
     let (_, kernel) = kernels
@@ -578,11 +646,14 @@ fn fentry_in_vm(args: &BenchArgs) -> Result<(String, f64)> {
         bail!("the bench in the VM failed ({last}; see {}/bench.log and console.log)", dir.display());
     }
     let section = std::fs::read_to_string(dir.join("cost.md")).context("the VM wrote no cost.md")?;
-    let ratio = section
-        .split_once(RATIO_MARKER)
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN);
-    Ok((section, ratio))
+    let ratio = |marker: &str| {
+        section
+            .split_once(marker)
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (v4, v6) = (ratio(RATIO_MARKER), ratio(RATIO6_MARKER));
+    Ok((section, v4, v6))
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -637,7 +708,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     step("cost per event (kernel.bpf_stats_enabled=1)");
     sysctl("kernel.bpf_stats_enabled", "1")?;
     let mut agent_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
+    let mut agent6_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
     let mut empty_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
+    let mut empty6_rounds: Vec<(Vec<Cost>, f64)> = Vec::new();
     let mut count_rounds: Vec<Cost> = Vec::new();
     let mut trace_rounds: Vec<Cost> = Vec::new();
     let mut storm_cpu = 0.0;
@@ -645,25 +718,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("cost round {}/{}", round + 1, args.rounds);
         {
             let agent = start_agent("")?;
-            agent_rounds.push(cost_over_storm(secs, AGENT_PREFIXES)?);
+            agent_rounds.push(cost_over_storm(secs, Family::V4, AGENT_PREFIXES)?);
+            agent6_rounds.push(cost_over_storm(secs, Family::V6, AGENT_PREFIXES)?);
             if round == 0 {
-                storm_cpu = cpu_percent(agent.pid(), || storm(secs).map(|_| ()))?;
+                storm_cpu = cpu_percent(agent.pid(), || storm(secs, Family::V4).map(|_| ()))?;
             }
         }
         {
             let _floor = start_reference("bench_empty_fib")?;
-            empty_rounds.push(cost_over_storm(secs, &["bench_empty_fib"])?);
+            empty_rounds.push(cost_over_storm(secs, Family::V4, &["bench_empty_fib"])?);
+        }
+        {
+            let _floor = start_reference("bench_empty_fib6")?;
+            empty6_rounds.push(cost_over_storm(secs, Family::V6, &[short("bench_empty_fib6")])?);
         }
         {
             let _count = start_reference("bench_count_fib")?;
-            count_rounds.extend(cost_over_storm(secs, &["bench_count_fib"])?.0);
+            count_rounds.extend(cost_over_storm(secs, Family::V4, &["bench_count_fib"])?.0);
         }
         {
             let (_trace, names) = start_bpftrace()?;
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             // bpftrace may load helper programs too; its tracepoint program is the one that
             // ran most.
-            trace_rounds.extend(cost_over_storm(secs, &names)?.0.into_iter().take(1));
+            trace_rounds.extend(cost_over_storm(secs, Family::V4, &names)?.0.into_iter().take(1));
         }
     }
     sysctl("kernel.bpf_stats_enabled", "0")?;
@@ -672,6 +750,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let route = spread_of(&agent_rounds, "routes_v4_trace");
     let empty = spread_of(&empty_rounds, "bench_empty_fib");
+    let route6 = spread_of(&agent6_rounds, route6_program("tracepoint"));
+    let empty6 = spread_of(&empty6_rounds, short("bench_empty_fib6"));
     let counting = Spread::of(&count_rounds.iter().map(|(_, ns, _)| *ns).collect::<Vec<_>>());
     let trace = Spread::of(&trace_rounds.iter().map(|(_, ns, _)| *ns).collect::<Vec<_>>());
     let per_datagram = |rounds: &[(Vec<Cost>, f64)]| {
@@ -679,6 +759,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let agent_datagram = per_datagram(&agent_rounds);
     let empty_datagram = per_datagram(&empty_rounds);
+    let agent6_datagram = per_datagram(&agent6_rounds);
+    let empty6_datagram = per_datagram(&empty6_rounds);
     let _ = writeln!(
         report,
         "## 1. Cost per event (kernel accounting, {} alternating rounds of {}-second UDP storms)\n",
@@ -723,6 +805,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         agent_datagram.cell().replace(" | ", " ns, "),
         empty_datagram.cell().replace(" | ", " ns, "),
     );
+    let _ = writeln!(
+        report,
+        "IPv6 storm (the same agent, the same rounds; from fd88::1 to fd88::2 over the same veth pair), against an \
+         empty program on the IPv6 route programs' tracepoint:\n"
+    );
+    report.push_str(&cost_rows(
+        &agent6_rounds,
+        &[(
+            "empty program (floor)",
+            "bench_empty_fib6",
+            &empty6_rounds.iter().flat_map(|(costs, _)| costs.first().cloned()).collect::<Vec<_>>(),
+        )],
+    ));
+    let _ = writeln!(
+        report,
+        "\nBPF time per datagram, IPv6 storm: the agent's programs {}, the empty program {} (median, spread).\n",
+        agent6_datagram.cell().replace(" | ", " ns, "),
+        empty6_datagram.cell().replace(" | ", " ns, "),
+    );
     if let Some(vm) = &vm {
         let _ = writeln!(report, "### Fentry mode, Linux 6.12 VM\n");
         let _ = writeln!(
@@ -732,7 +833,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
              Emulation makes absolute times meaningless (many times the host's): only ratios within the VM count.\n"
         );
         match vm {
-            Ok((section, _)) => report.push_str(section),
+            Ok((section, _, _)) => report.push_str(section),
             Err(err) => {
                 let _ = writeln!(report, "Not measured: {err:#}.\n");
             }
@@ -746,18 +847,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut with_floor = Vec::new();
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
-        none.push(storm(secs)?);
+        none.push(storm(secs, Family::V4)?);
         {
             let _agent = start_agent("")?;
-            with_agent.push(storm(secs)?);
+            with_agent.push(storm(secs, Family::V4)?);
         }
         {
             let _trace = start_bpftrace()?;
-            with_trace.push(storm(secs)?);
+            with_trace.push(storm(secs, Family::V4)?);
         }
         {
             let _floor = start_reference("bench_empty_fib")?;
-            with_floor.push(storm(secs)?);
+            with_floor.push(storm(secs, Family::V4)?);
         }
     }
     let (n, a, t) = (median(none.clone()), median(with_agent.clone()), median(with_trace.clone()));
@@ -788,11 +889,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "| IPv4 route program / empty program (tracepoint) | {:.2}x | <= 1.5x |",
         route.median / empty.median
     );
+    let _ = writeln!(
+        report,
+        "| IPv6 route program / empty program on fib6_table_lookup (tracepoint) | {:.2}x | <= 1.5x |",
+        route6.median / empty6.median
+    );
     if let Some(vm) = &vm {
+        let ratio = |pick: fn(&(String, f64, f64)) -> f64| {
+            vm.as_ref().map_or("not measured".to_owned(), |r| format!("{:.2}x", pick(r)))
+        };
         let _ = writeln!(
             report,
             "| IPv4 route program / empty fexit program (fentry mode, 6.12 VM) | {} | <= 1.5x |",
-            vm.as_ref().map_or("not measured".to_owned(), |(_, ratio)| format!("{ratio:.2}x"))
+            ratio(|r| r.1)
+        );
+        let _ = writeln!(
+            report,
+            "| IPv6 route program / empty program on fib6_table_lookup (fentry mode, 6.12 VM) | {} | <= 1.5x |",
+            ratio(|r| r.2)
         );
     }
     let _ = writeln!(
@@ -806,6 +920,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         agent_datagram.median / empty_datagram.median,
         agent_datagram.median,
         empty_datagram.median
+    );
+    let _ = writeln!(
+        report,
+        "| the same, IPv6 storm | {:.2}x ({:.0} / {:.0} ns) | <= 1.5x |",
+        agent6_datagram.median / empty6_datagram.median,
+        agent6_datagram.median,
+        empty6_datagram.median
     );
     let _ = writeln!(
         report,

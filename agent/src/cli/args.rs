@@ -76,11 +76,12 @@ pub struct BenchFloorArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// The reference program: `bench_empty_fib` (does nothing), `bench_empty_fexit` (does
-    /// nothing, as an fexit) or `bench_count_fib` (the route program's counting step alone).
+    /// nothing, as an fexit), `bench_empty_fib6` (does nothing, on fib6_table_lookup) or
+    /// `bench_count_fib` (the route program's counting step alone).
     #[arg(
         long,
         default_value = "bench_empty_fib",
-        value_parser = ["bench_empty_fib", "bench_empty_fexit", "bench_count_fib"]
+        value_parser = ["bench_empty_fib", "bench_empty_fexit", "bench_empty_fib6", "bench_count_fib"]
     )]
     pub program: String,
 }

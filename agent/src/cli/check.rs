@@ -122,13 +122,15 @@ fn mode_summary(outcomes: &[attach::ProbeOutcome], mode: Mode) -> String {
 }
 
 /// Attaches the reference program `name` on `fib_table_lookup` (a BTF tracepoint or, for
-/// `bench_empty_fexit`, an fexit) and waits for SIGINT/SIGTERM.
+/// `bench_empty_fexit`, an fexit; `bench_empty_fib6` on `fib6_table_lookup`) and waits for
+/// SIGINT/SIGTERM.
 pub fn bench_floor(settings: &Settings, name: &str) -> anyhow::Result<()> {
     use aya::programs::Program;
     let Prepared { mut ebpf, btf, .. } = loader::prepare(&settings.btf, settings.limits.maps)?;
+    let tracepoint = if name == "bench_empty_fib6" { "fib6_table_lookup" } else { "fib_table_lookup" };
     match ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("{name} missing from the object"))? {
         Program::BtfTracePoint(program) => {
-            program.load("fib_table_lookup", &btf)?;
+            program.load(tracepoint, &btf)?;
             program.attach()?;
         }
         Program::FExit(program) => {

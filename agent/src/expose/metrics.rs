@@ -225,6 +225,12 @@ pub const PROGRAM_RECURSION_MISSES: MetricDef = def(
     &["program"],
     "Times the kernel skipped a program because it was already running on that CPU: events it could not count (0 before Linux 5.12).",
 );
+pub const KPROBE_MISSED: MetricDef = def(
+    "netns_agent_kprobe_missed_total",
+    COUNTER,
+    &["program"],
+    "Hits of the agent's kprobes and kretprobes the kprobe layer missed (another kprobe running on that CPU, or a kretprobe's return instances all in use): events not counted. Only for programs attached as kprobes on Linux 6.7 and later; absent where the kernel cannot tell.",
+);
 pub const BPF_STATS: MetricDef = def(
     "netns_agent_bpf_stats_enabled",
     GAUGE,
@@ -258,6 +264,7 @@ pub const ALL: &[&MetricDef] = &[
     &PROGRAM_RUN_TIME,
     &PROGRAM_RUNS,
     &PROGRAM_RECURSION_MISSES,
+    &KPROBE_MISSED,
     &BPF_STATS,
     &MAP_BYTES,
     &LIVE_FULL,
@@ -342,6 +349,14 @@ pub fn gather(snap: &Snapshot) -> Vec<MetricFamily> {
         misses.add(&[&p.name], p.recursion_misses as f64);
     }
     out.extend([run_time.finish(), runs.finish(), misses.finish()]);
+    // Only programs the kernel reports kprobe misses for: no sample, not 0, where it cannot.
+    let mut kprobe_missed = Family::new(&KPROBE_MISSED);
+    for p in &snap.kernel.programs {
+        if let Some(missed) = p.kprobe_missed {
+            kprobe_missed.add(&[&p.name], missed as f64);
+        }
+    }
+    out.push(kprobe_missed.finish());
     out.push(single(&BPF_STATS, if snap.kernel.stats_enabled { 1.0 } else { 0.0 }));
     out.push(single(&MAP_BYTES, snap.kernel.map_bytes as f64));
 
@@ -714,6 +729,38 @@ mod tests {
         for name in ["netns_destroyed_total", "netns_alive", "netns_agent_events_lost_total"] {
             assert!(out.contains(&format!("\n{name} 0\n")), "{name}: {out}");
         }
+    }
+
+    #[test]
+    fn kprobe_misses_are_absent_where_the_kernel_cannot_tell() {
+        use crate::kernel::health::ProgramCost;
+        let program = |name: &str, kprobe_missed| ProgramCost {
+            name: name.into(),
+            run_time_ns: 0,
+            runs: 0,
+            recursion_misses: 0,
+            kprobe_missed,
+        };
+        let mut snap = Snapshot::default();
+        snap.kernel.programs =
+            vec![program("routes_v4_tracepoint", None), program("moves_sendto_exit", None)];
+        let out = render(&snap).unwrap();
+        assert!(!out.contains("netns_agent_kprobe_missed_total"), "{out}");
+        assert!(
+            out.contains("netns_agent_program_recursion_misses_total{program=\"moves_sendto_exit\"} 0\n")
+        );
+        snap.kernel.programs = vec![
+            program("routes_v4_kprobe", Some(0)),
+            program("routes_v4_kretprobe", Some(7)),
+            program("x", None),
+        ];
+        let out = render(&snap).unwrap();
+        assert!(out.contains("netns_agent_kprobe_missed_total{program=\"routes_v4_kprobe\"} 0\n"), "{out}");
+        assert!(
+            out.contains("netns_agent_kprobe_missed_total{program=\"routes_v4_kretprobe\"} 7\n"),
+            "{out}"
+        );
+        assert_eq!(out.lines().filter(|l| l.starts_with("netns_agent_kprobe_missed_total{")).count(), 2);
     }
 
     #[test]
