@@ -15,11 +15,15 @@ use aya_ebpf::{
     maps::Array,
     programs::RawTracePointContext,
 };
-use netns_agent_common::inventory::{InventoryEntry, InventoryStatus, MAX_WALK};
+use netns_agent_common::{
+    inventory::{BOUNDED_WALK, InventoryEntry, InventoryStatus, MAX_WALK},
+    routes::UNKNOWN_NETNS,
+};
 
 use crate::{
-    kernel::{current_net, now_ns, offset, read},
+    kernel::{Probe, current_net, now_ns, offset, read},
     lifecycle::{destroyed, seen},
+    netns,
 };
 
 /// Namespaces found by the last walk, `INVENTORY_STATUS[0].count` of them.
@@ -45,7 +49,10 @@ fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
         walk.status.dying += 1;
         return Ok(());
     }
-    let cookie: u64 = read(net, offset!(net_cookie))?;
+    let cookie = netns::key::<Probe>(net);
+    if cookie == UNKNOWN_NETNS {
+        return Err(-1);
+    }
     let inum: u32 = read(net, offset!(net_inum))?;
     if let Some(slot) = INVENTORY.get_ptr_mut(walk.status.count) {
         // SAFETY: `slot` points into the array's value memory.
@@ -58,9 +65,9 @@ fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
     Ok(())
 }
 
-extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to the `Walk` on the caller's stack.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+/// One node of the list: 0 to go on, 1 to stop (the end, or a failed read).
+#[inline(always)]
+fn step(walk: &mut Walk) -> i64 {
     if walk.node == walk.head {
         walk.status.complete = 1;
         return 1;
@@ -84,15 +91,41 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-#[raw_tracepoint(tracepoint = "netns_agent_inventory")]
-pub fn inventory_walk(_ctx: RawTracePointContext) -> i32 {
-    match try_walk() {
-        Ok(()) => 0,
-        Err(_) => 1,
-    }
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer to the `Walk` on the caller's stack.
+    step(unsafe { &mut *(ctx as *mut Walk) })
 }
 
-fn try_walk() -> Result<(), i64> {
+/// The walk with `bpf_loop` (5.17+): up to [`MAX_WALK`] namespaces.
+#[raw_tracepoint(tracepoint = "netns_agent_inventory")]
+pub fn inventory_walk(_ctx: RawTracePointContext) -> i32 {
+    let walked = start_walk().and_then(|mut walk| {
+        // SAFETY: the callback and its context follow bpf_loop's contract.
+        unsafe {
+            bpf_loop(MAX_WALK, walk_step as *mut c_void, (&raw mut walk).cast(), 0);
+        }
+        finish_walk(&walk)
+    });
+    i32::from(walked.is_err())
+}
+
+/// The walk for kernels without `bpf_loop` (5.10-5.16): a bounded loop, which their verifier
+/// follows iteration by iteration, so it stops after [`BOUNDED_WALK`] namespaces. A longer
+/// list leaves the walk incomplete (`complete` 0), and the agent says so; nothing is guessed.
+#[raw_tracepoint(tracepoint = "netns_agent_inventory")]
+pub fn inventory_walk_bounded(_ctx: RawTracePointContext) -> i32 {
+    let walked = start_walk().and_then(|mut walk| {
+        for _ in 0..BOUNDED_WALK {
+            if step(&mut walk) != 0 {
+                break;
+            }
+        }
+        finish_walk(&walk)
+    });
+    i32::from(walked.is_err())
+}
+
+fn start_walk() -> Result<Walk, i64> {
     let start = current_net()?;
     let mut walk = Walk {
         head: start + offset!(net_list),
@@ -102,10 +135,11 @@ fn try_walk() -> Result<(), i64> {
     };
     visit(&mut walk, start)?;
     walk.node = read(walk.head, 0)?;
-    // SAFETY: the callback and its context follow bpf_loop's contract.
-    unsafe {
-        bpf_loop(MAX_WALK, walk_step as *mut c_void, (&raw mut walk).cast(), 0);
-    }
+    Ok(walk)
+}
+
+#[inline(always)]
+fn finish_walk(walk: &Walk) -> Result<(), i64> {
     INVENTORY_STATUS.set(0, walk.status, 0).map_err(i64::from)
 }
 
