@@ -12,7 +12,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::generated::bpf_loop,
     macros::{map, raw_tracepoint},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::RawTracePointContext,
 };
 use netns_agent_common::{
@@ -99,7 +99,8 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// The walk with `bpf_loop` (5.17+): up to [`MAX_WALK`] namespaces.
 #[raw_tracepoint(tracepoint = "netns_agent_inventory")]
 pub fn inventory_walk(_ctx: RawTracePointContext) -> i32 {
-    let walked = start_walk().and_then(|mut walk| {
+    let mut walk = Walk { head: 0, node: 0, ops: 0, status: InventoryStatus::default() };
+    let walked = start_walk(&mut walk).and_then(|()| {
         // SAFETY: the callback and its context follow bpf_loop's contract.
         unsafe {
             bpf_loop(MAX_WALK, walk_step as *mut c_void, (&raw mut walk).cast(), 0);
@@ -114,28 +115,39 @@ pub fn inventory_walk(_ctx: RawTracePointContext) -> i32 {
 /// list leaves the walk incomplete (`complete` 0), and the agent says so; nothing is guessed.
 #[raw_tracepoint(tracepoint = "netns_agent_inventory")]
 pub fn inventory_walk_bounded(_ctx: RawTracePointContext) -> i32 {
-    let walked = start_walk().and_then(|mut walk| {
+    // The walk's state lives in a map value, not on the stack: 5.10's verifier tracks stack
+    // slots by the bytes written and refuses the loop's reloads of the struct's fields.
+    let Some(walk) = WALK_STATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's value of the map; the test run holds the CPU (preemption off) for
+    // the whole program, so no other walk uses it meanwhile.
+    let walk = unsafe { &mut *walk };
+    let walked = start_walk(walk).and_then(|()| {
         for _ in 0..BOUNDED_WALK {
-            if step(&mut walk) != 0 {
+            if step(walk) != 0 {
                 break;
             }
         }
-        finish_walk(&walk)
+        finish_walk(walk)
     });
     i32::from(walked.is_err())
 }
 
-fn start_walk() -> Result<Walk, i64> {
+/// The bounded walk's state (one per CPU: each run holds its CPU).
+#[map]
+static WALK_STATE: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn start_walk(walk: &mut Walk) -> Result<(), i64> {
     let start = current_net()?;
-    let mut walk = Walk {
-        head: start + offset!(net_list),
-        node: 0,
-        ops: read(start, offset!(net_ns_ops))?,
-        status: InventoryStatus { started_ns: now_ns(), ..Default::default() },
-    };
-    visit(&mut walk, start)?;
+    walk.head = start + offset!(net_list);
+    walk.node = 0;
+    walk.ops = read(start, offset!(net_ns_ops))?;
+    walk.status = InventoryStatus { started_ns: now_ns(), ..Default::default() };
+    visit(walk, start)?;
     walk.node = read(walk.head, 0)?;
-    Ok(walk)
+    Ok(())
 }
 
 #[inline(always)]

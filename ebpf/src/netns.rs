@@ -57,7 +57,11 @@ fn lazy_cookie() -> bool {
 /// (until the 35-bit sequence wraps).
 #[inline(always)]
 fn new_key(net: u64) -> u64 {
-    let inum: u32 = read(net, offset!(net_inum)).unwrap_or(0);
+    // An early return, not `unwrap_or`: LLVM may fill the failed read's value from a stack
+    // slot that 5.10's verifier considers never written, inside the inventory's loop.
+    let Ok(inum) = read::<u32>(net, offset!(net_inum)) else {
+        return UNKNOWN_NETNS;
+    };
     let Some(seq) = KEY_SEQUENCE.get_ptr_mut(0) else {
         return UNKNOWN_NETNS;
     };
