@@ -15,12 +15,12 @@
 //!   namespace's `core.prot_inuse` counters, which its exit handler frees in `cleanup_net`.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         bpf_probe_read_user,
     },
-    EbpfContext as _,
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap},
     programs::{

@@ -68,7 +68,9 @@ fn new_key(net: u64) -> u64 {
     atomic_add(seq, 1);
     // SAFETY: the array's value memory; a racing add only makes the value larger.
     let seq = unsafe { core::ptr::read_volatile(seq) };
-    AGENT_KEY | ((seq & ((1 << (63 - INUM_BITS)) - 1)) << INUM_BITS) | u64::from(inum & ((1 << INUM_BITS) - 1))
+    AGENT_KEY
+        | ((seq & ((1 << (63 - INUM_BITS)) - 1)) << INUM_BITS)
+        | u64::from(inum & ((1 << INUM_BITS) - 1))
 }
 
 /// The key of the namespace at `net`, or [`UNKNOWN_NETNS`]. On lazy-cookie kernels a

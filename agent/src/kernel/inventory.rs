@@ -76,9 +76,10 @@ impl Inventory {
             Err(full) => {
                 // Both reasons: the bounded walk's is the one that matters on this kernel.
                 load_program(ebpf, WALK_BOUNDED).map_err(|bounded| match (bounded, full) {
-                    (InventoryError::Load { program, reason }, InventoryError::Load { reason: first, .. }) => {
-                        InventoryError::Load { program, reason: format!("{reason}; {WALK}: {first}") }
-                    }
+                    (
+                        InventoryError::Load { program, reason },
+                        InventoryError::Load { reason: first, .. },
+                    ) => InventoryError::Load { program, reason: format!("{reason}; {WALK}: {first}") },
                     (bounded, _) => bounded,
                 })?;
                 log::info!(

@@ -80,7 +80,16 @@ pub fn prepare(btf_path: &Path, sizes: KernelTables) -> Result<Prepared, LoadErr
     let kallsyms = host::kallsyms_functions(&probes::all_functions());
     let cleanup_net = kallsyms.get("cleanup_net").copied().unwrap_or(0);
     let ebpf = load(&offsets, cleanup_net, lazy_cookie, &btf, sizes)?;
-    Ok(Prepared { release, btf_path: btf_path.to_owned(), btf_functions, fields, btf, ebpf, kallsyms, lazy_cookie })
+    Ok(Prepared {
+        release,
+        btf_path: btf_path.to_owned(),
+        btf_functions,
+        fields,
+        btf,
+        ebpf,
+        kallsyms,
+        lazy_cookie,
+    })
 }
 
 /// What namespaces are keyed by, for the log and `check`.
