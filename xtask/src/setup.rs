@@ -229,14 +229,13 @@ pub fn vm_tools() -> Result<Vec<(&'static VmKernel, PathBuf)>> {
         let image = match installed_kernel(kernel) {
             Some(image) => image,
             None => {
-                if let Some(suite) = kernel.suite
-                    && suite.install()?
-                {
-                    // Its package list is needed now, even if an update ran before it was added.
-                    run(Command::new("apt-get").args(["update", "-q"]))?;
-                }
-                // Package lists may be missing or stale on a fresh machine: refresh them first.
-                apt_update()?;
+                // Package lists may be missing or stale on a fresh machine: refresh them first;
+                // again after adding a suite, whose list an earlier update could not fetch.
+                let added = match kernel.suite {
+                    Some(suite) => suite.install()?,
+                    None => false,
+                };
+                apt_update(added)?;
                 let regex = kernel.package_regex();
                 let listing = output("apt-cache", &["search", "--names-only", &regex]).unwrap_or_default();
                 let mut names: Vec<&str> = listing
@@ -309,10 +308,10 @@ pub fn pip(packages: &[&str]) -> Result<()> {
     run(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(&missing))
 }
 
-/// `apt-get update`, once per run.
-fn apt_update() -> Result<()> {
+/// `apt-get update`, once per run unless `again` (the sources changed since).
+fn apt_update(again: bool) -> Result<()> {
     static UPDATED: AtomicBool = AtomicBool::new(false);
-    if !UPDATED.swap(true, Ordering::Relaxed) {
+    if !UPDATED.swap(true, Ordering::Relaxed) || again {
         run(Command::new("apt-get").args(["update", "-q"]))?;
     }
     Ok(())
@@ -337,7 +336,7 @@ pub fn apt(packages: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
-    apt_update()?;
+    apt_update(false)?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
