@@ -119,8 +119,9 @@ pub const VM_KERNELS: &[VmKernel] = &[
     // Debian 11's: the oldest kernel the agent runs on. `net_cookie` is assigned lazily there
     // (the programs key namespaces themselves) and `bpf_loop` is missing (the bounded
     // inventory walk): the route and lifecycle tests, which count per namespace through those
-    // keys, in kprobe mode. fentry mode (fexit without bpf_get_func_ret) and the other tests
-    // are left out for time (README, Tests).
+    // keys, in kprobe mode. fentry mode (whose device-move fexit needs bpf_get_func_ret,
+    // 5.17+, and stays detached there) and the other tests are left out for time (README,
+    // Tests).
     VmKernel {
         name: "5.10",
         prefix: "5.10.0-",
