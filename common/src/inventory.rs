@@ -39,6 +39,11 @@ const _: () = assert!(core::mem::size_of::<InventoryStatus>() == 24);
 /// Most namespaces one walk visits; more than any host runs (memory bounds it long before).
 pub const MAX_WALK: u32 = 1 << 16;
 
+/// Most namespaces the walk visits on kernels without `bpf_loop` (before 5.17), whose
+/// verifier follows a bounded loop iteration by iteration within its budget of a million
+/// instructions (measured on 5.10).
+pub const BOUNDED_WALK: u32 = 1024;
+
 crate::user_pod!(InventoryEntry, InventoryStatus);
 
 impl InventoryEntry {

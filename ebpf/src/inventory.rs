@@ -12,14 +12,18 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::generated::bpf_loop,
     macros::{map, raw_tracepoint},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::RawTracePointContext,
 };
-use netns_agent_common::inventory::{InventoryEntry, InventoryStatus, MAX_WALK};
+use netns_agent_common::{
+    inventory::{BOUNDED_WALK, InventoryEntry, InventoryStatus, MAX_WALK},
+    routes::UNKNOWN_NETNS,
+};
 
 use crate::{
-    kernel::{current_net, now_ns, offset, read},
+    kernel::{Probe, current_net, now_ns, offset, read},
     lifecycle::{destroyed, seen},
+    netns,
 };
 
 /// Namespaces found by the last walk, `INVENTORY_STATUS[0].count` of them.
@@ -40,15 +44,19 @@ struct Walk {
 #[inline(always)]
 fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
     let refs: u32 = read(net, offset!(net_refcount))?;
-    let cookie: u64 = read(net, offset!(net_cookie))?;
     if refs == 0 {
         // Teardown began (`__put_net` ran, `cleanup_net` has not taken it off this list
         // yet). kprobe and fentry modes saw it begin; tracepoint mode sees it only once its
         // `cleanup_net` runs, which waits behind a stuck one: the walk tells it instead, so
         // that it shows as terminating, then dying, not as a live namespace. Counted once.
+        // Its key as it had one: a dying namespace never gets a new key.
         walk.status.dying += 1;
-        destroyed(cookie, true);
+        destroyed(netns::dying_key(net), true);
         return Ok(());
+    }
+    let cookie = netns::key::<Probe>(net);
+    if cookie == UNKNOWN_NETNS {
+        return Err(-1);
     }
     let inum: u32 = read(net, offset!(net_inum))?;
     if let Some(slot) = INVENTORY.get_ptr_mut(walk.status.count) {
@@ -62,9 +70,9 @@ fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
     Ok(())
 }
 
-extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to the `Walk` on the caller's stack.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+/// One node of the list: 0 to go on, 1 to stop (the end, or a failed read).
+#[inline(always)]
+fn step(walk: &mut Walk) -> i64 {
     if walk.node == walk.head {
         walk.status.complete = 1;
         return 1;
@@ -88,28 +96,67 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-#[raw_tracepoint(tracepoint = "netns_agent_inventory")]
-pub fn inventory_walk(_ctx: RawTracePointContext) -> i32 {
-    match try_walk() {
-        Ok(()) => 0,
-        Err(_) => 1,
-    }
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer to the `Walk` on the caller's stack.
+    step(unsafe { &mut *(ctx as *mut Walk) })
 }
 
-fn try_walk() -> Result<(), i64> {
-    let start = current_net()?;
-    let mut walk = Walk {
-        head: start + offset!(net_list),
-        node: 0,
-        ops: read(start, offset!(net_ns_ops))?,
-        status: InventoryStatus { started_ns: now_ns(), ..Default::default() },
+/// The walk with `bpf_loop` (5.17+): up to [`MAX_WALK`] namespaces.
+#[raw_tracepoint(tracepoint = "netns_agent_inventory")]
+pub fn inventory_walk(_ctx: RawTracePointContext) -> i32 {
+    let mut walk = Walk { head: 0, node: 0, ops: 0, status: InventoryStatus::default() };
+    let walked = start_walk(&mut walk).and_then(|()| {
+        // SAFETY: the callback and its context follow bpf_loop's contract.
+        unsafe {
+            bpf_loop(MAX_WALK, walk_step as *mut c_void, (&raw mut walk).cast(), 0);
+        }
+        finish_walk(&walk)
+    });
+    i32::from(walked.is_err())
+}
+
+/// The walk for kernels without `bpf_loop` (5.10-5.16): a bounded loop, which their verifier
+/// follows iteration by iteration, so it stops after [`BOUNDED_WALK`] namespaces. A longer
+/// list leaves the walk incomplete (`complete` 0), and the agent says so; nothing is guessed.
+#[raw_tracepoint(tracepoint = "netns_agent_inventory")]
+pub fn inventory_walk_bounded(_ctx: RawTracePointContext) -> i32 {
+    // The walk's state lives in a map value, not on the stack: 5.10's verifier tracks stack
+    // slots by the bytes written and refuses the loop's reloads of the struct's fields.
+    let Some(walk) = WALK_STATE.get_ptr_mut(0) else {
+        return 1;
     };
-    visit(&mut walk, start)?;
+    // SAFETY: this CPU's value of the map; the test run holds the CPU (preemption off) for
+    // the whole program, so no other walk uses it meanwhile.
+    let walk = unsafe { &mut *walk };
+    let walked = start_walk(walk).and_then(|()| {
+        for _ in 0..BOUNDED_WALK {
+            if step(walk) != 0 {
+                break;
+            }
+        }
+        finish_walk(walk)
+    });
+    i32::from(walked.is_err())
+}
+
+/// The bounded walk's state (one per CPU: each run holds its CPU).
+#[map]
+static WALK_STATE: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn start_walk(walk: &mut Walk) -> Result<(), i64> {
+    let start = current_net()?;
+    walk.head = start + offset!(net_list);
+    walk.node = 0;
+    walk.ops = read(start, offset!(net_ns_ops))?;
+    walk.status = InventoryStatus { started_ns: now_ns(), ..Default::default() };
+    visit(walk, start)?;
     walk.node = read(walk.head, 0)?;
-    // SAFETY: the callback and its context follow bpf_loop's contract.
-    unsafe {
-        bpf_loop(MAX_WALK, walk_step as *mut c_void, (&raw mut walk).cast(), 0);
-    }
+    Ok(())
+}
+
+#[inline(always)]
+fn finish_walk(walk: &Walk) -> Result<(), i64> {
     INVENTORY_STATUS.set(0, walk.status, 0).map_err(i64::from)
 }
 

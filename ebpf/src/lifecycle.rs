@@ -15,9 +15,11 @@
 //!   namespace's `core.prot_inuse` counters, which its exit handler frees in `cleanup_net`.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap},
@@ -30,11 +32,12 @@ use netns_agent_common::{
     events::kind,
     lifecycle::{LifecycleEvent, PendingCreate, SETUP_BUCKETS_NS, SETUP_HISTOGRAM_SLOTS, counter},
     limits::{CREATOR_COMMS, IN_FLIGHT},
+    routes::UNKNOWN_NETNS,
 };
 
 use crate::{
     events::emit,
-    kernel::{atomic_add, current_net, is_err_ptr, now_ns, offset, read},
+    kernel::{Probe, atomic_add, current_net, is_err_ptr, now_ns, offset, read},
     netns::{self, Tracked},
 };
 
@@ -134,7 +137,10 @@ fn created(net: u64, member_pid: u32, start_ns: u64) -> Result<(), i64> {
     if duration_ns != 0 {
         observe_setup(duration_ns);
     }
-    let cookie: u64 = read(net, offset!(net_cookie))?;
+    let cookie = netns::created_key(net);
+    if cookie == UNKNOWN_NETNS {
+        return Err(-1);
+    }
     seen(net, cookie, pid, now)?;
     let mut event = LifecycleEvent::new(kind::NETNS_CREATED);
     event.cookie = cookie;
@@ -167,7 +173,7 @@ static AWAIT_EXEC: LruHashMap<u64, u8> = LruHashMap::with_max_entries(IN_FLIGHT,
 #[inline(always)]
 fn exec_done() {
     let Ok(net) = current_net() else { return };
-    let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) else { return };
+    let cookie = netns::key::<Probe>(net);
     let Some(left) = AWAIT_EXEC.get_ptr_mut(cookie) else { return };
     // SAFETY: a value of this map, alive while the program runs; racing execs on other CPUs
     // at worst report one exec more or fewer.
@@ -290,13 +296,21 @@ pub fn lifecycle_create_fentry(ctx: FEntryContext) -> u32 {
     0
 }
 
+/// Arguments of `copy_net_ns`: fexit's context holds the return value in the slot after them.
+const COPY_NET_NS_ARGS: usize = 3;
+
 #[fexit(function = "copy_net_ns")]
 pub fn lifecycle_create_fexit(ctx: FExitContext) -> u32 {
     let flags: u64 = ctx.arg(0);
     if flags & CLONE_NEWNET != 0 {
-        // Through bpf_get_func_ret (5.17+), not the raw context slot: the verifier types that
-        // slot as a `struct net *` and refuses to store an ERR_PTR of it as an integer.
-        if let Ok(ret) = ctx.ret::<u64>() {
+        // Copied out of the context slot with a helper, not loaded from it: the verifier
+        // types that slot as a `struct net *` and refuses to store an ERR_PTR of it as an
+        // integer, and bpf_get_func_ret only came in 5.17. The copy is a plain integer on
+        // every kernel.
+        let slot = (ctx.as_ptr() as *const u64).wrapping_add(COPY_NET_NS_ARGS);
+        // SAFETY: the slot is inside the trampoline's context, alive while the program runs;
+        // the helper copies through the kernel's fault-safe path.
+        if let Ok(ret) = unsafe { bpf_probe_read_kernel(slot) } {
             copy_net_ns_returned(ret);
         }
     }
@@ -305,11 +319,19 @@ pub fn lifecycle_create_fexit(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "__put_net")]
 pub fn lifecycle_destroy_fentry(ctx: FEntryContext) -> u32 {
-    let net: u64 = ctx.arg(0);
-    if let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) {
-        destroyed(cookie, false);
-    }
+    put_net(ctx.arg(0));
     0
+}
+
+/// `__put_net(net)`: the last active reference is gone.
+#[inline(always)]
+fn put_net(net: u64) {
+    let cookie = netns::dying_key(net);
+    if cookie != UNKNOWN_NETNS {
+        destroyed(cookie, false);
+        // Also when `LIVE` did not hold it (full): the key must not outlive the namespace.
+        netns::forget_key(net, cookie);
+    }
 }
 
 // ---- kprobe / kretprobe --------------------------------------------------------------
@@ -331,10 +353,7 @@ pub fn lifecycle_create_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn lifecycle_destroy_kprobe(ctx: ProbeContext) -> u32 {
-    let net: u64 = ctx.arg(0).unwrap_or(0);
-    if let Ok(cookie) = read::<u64>(net, offset!(net_cookie)) {
-        destroyed(cookie, false);
-    }
+    put_net(ctx.arg(0).unwrap_or(0));
     0
 }
 

@@ -29,14 +29,16 @@ use netns_agent_common::{
     events::kind,
     limits::{IN_FLIGHT as MOVES_IN_FLIGHT, KERNEL_NAMESPACES},
     moves::{IFNAME_LEN, MoveCounts, MoveEvent, PendingMove, rtnetlink},
+    routes::UNKNOWN_NETNS,
 };
 
 use crate::{
     events::emit,
-    kernel::{atomic_add, now_ns, offset, read},
+    kernel::{Probe, atomic_add, now_ns, offset, read},
+    netns,
 };
 
-/// Moves by namespace (`net_cookie`).
+/// Moves by namespace key (`netns::key`).
 #[map]
 static DEVICE_MOVES: HashMap<u64, MoveCounts> = HashMap::with_max_entries(KERNEL_NAMESPACES, 0);
 
@@ -67,9 +69,13 @@ fn counts(cookie: u64) -> Option<*mut MoveCounts> {
 #[inline(always)]
 fn begin(dev: u64) -> Result<(), i64> {
     let net: u64 = read(dev, offset!(netdev_nd_net))?;
+    let from_cookie = netns::key::<Probe>(net);
+    if from_cookie == UNKNOWN_NETNS {
+        return Err(-1);
+    }
     let mut pending = PendingMove {
         dev,
-        from_cookie: read(net, offset!(net_cookie))?,
+        from_cookie,
         from_inum: read(net, offset!(net_inum))?,
         ifindex: read(dev, offset!(netdev_ifindex))?,
         start_ns: now_ns(),
@@ -103,7 +109,7 @@ fn end(error: i32, error_known: bool) {
         atomic_add(n, u64::MAX);
     }
     let to_net: u64 = read(pending.dev, offset!(netdev_nd_net)).unwrap_or(0);
-    let to_cookie: u64 = read(to_net, offset!(net_cookie)).unwrap_or(0);
+    let to_cookie = netns::key::<Probe>(to_net);
     let moved = to_cookie != 0 && to_cookie != pending.from_cookie;
     if !moved && error_known && error == 0 {
         // Asked to move into the namespace it is already in: a no-op, neither move nor failure.

@@ -1,11 +1,16 @@
-//! The namespaces the kernel programs know: the `LIVE` set (by `net_cookie`), the
-//! teardown markers of tracepoint mode, and which namespace owns each IPv4 `fib_table`.
+//! The namespaces the kernel programs know: their keys ([`key`]), the `LIVE` set (by key),
+//! the teardown markers of tracepoint mode, and which namespace owns each IPv4 `fib_table`.
 //! Every family asks here; the families never import each other.
+//!
+//! A namespace's key is its `net_cookie` where the kernel sets one at creation (5.12+). Older
+//! kernels (5.10) assign the cookie lazily, on the first `net_gen_cookie()`: it reads 0 for
+//! every namespace nobody asked about, so the agent gives each namespace a key of its own
+//! there (`NET_KEYS`, by `struct net *`), with [`AGENT_KEY`] set so it never equals a cookie.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
 };
 use netns_agent_common::{
     lifecycle::NetnsRecord,
@@ -13,7 +18,139 @@ use netns_agent_common::{
     routes::{TableOwner, UNKNOWN_NETNS},
 };
 
-use crate::kernel::{Mem, offset, read};
+use crate::kernel::{Mem, atomic_add, offset, read};
+
+/// Non-zero when this kernel assigns `net_cookie` lazily (before 5.12): keys then come from
+/// `NET_KEYS`. Written by the loader; read-only, so the verifier prunes the other branch.
+#[unsafe(no_mangle)]
+static LAZY_COOKIE: u8 = 0;
+
+/// The bit set in every key the agent assigns. Cookies count up from 1 and never reach it.
+pub const AGENT_KEY: u64 = 1 << 63;
+
+/// Bits of `ns.inum` in an agent key: inode numbers are `0xF0000000 +` a number below 2^28
+/// (`proc_alloc_inum`), unique among the namespaces alive at once.
+const INUM_BITS: u32 = 28;
+
+/// Lazy-cookie kernels only: `struct net *` -> the key the agent gave that namespace. Written
+/// fresh by the creation probe (a reused address gets a new key), else on first sight while
+/// the namespace is alive; removed at teardown. Not LRU: evicting a live namespace's entry
+/// would split it into two keys. Sized by the agent (`limits.kernel_namespaces`).
+#[map]
+static NET_KEYS: HashMap<u64, u64> = HashMap::with_max_entries(KERNEL_NAMESPACES, 0);
+
+/// Slot 0: the sequence of agent keys.
+#[map]
+static KEY_SEQUENCE: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn lazy_cookie() -> bool {
+    // SAFETY: volatile read of a read-only global set by the loader.
+    unsafe { core::ptr::read_volatile(&raw const LAZY_COOKIE) != 0 }
+}
+
+/// A key no namespace had: `AGENT_KEY | sequence << 28 | inum's low 28 bits`. The sequence is
+/// bumped with a plain atomic add and read back (5.10 has no fetching atomics), so two keys
+/// made at the same moment may share it; but those are for two live namespaces, whose inode
+/// numbers differ. A namespace that reuses an inode number was created after the earlier
+/// one's key was made, and its own add made the sequence larger: keys are never reused
+/// (until the 35-bit sequence wraps).
+#[inline(always)]
+fn new_key(net: u64) -> u64 {
+    // An early return, not `unwrap_or`: LLVM may fill the failed read's value from a stack
+    // slot that 5.10's verifier considers never written, inside the inventory's loop.
+    let Ok(inum) = read::<u32>(net, offset!(net_inum)) else {
+        return UNKNOWN_NETNS;
+    };
+    let Some(seq) = KEY_SEQUENCE.get_ptr_mut(0) else {
+        return UNKNOWN_NETNS;
+    };
+    atomic_add(seq, 1);
+    // SAFETY: the array's value memory; a racing add only makes the value larger.
+    let seq = unsafe { core::ptr::read_volatile(seq) };
+    AGENT_KEY
+        | ((seq & ((1 << (63 - INUM_BITS)) - 1)) << INUM_BITS)
+        | u64::from(inum & ((1 << INUM_BITS) - 1))
+}
+
+/// The key of the namespace at `net`, or [`UNKNOWN_NETNS`]. On lazy-cookie kernels a
+/// namespace seen for the first time (it existed before the agent, or its creation was
+/// missed) gets a key now, but only while it is alive (`refcount` non-zero): a dying one
+/// must not get a second key after its teardown removed the first.
+#[inline(always)]
+pub fn key<M: Mem>(net: u64) -> u64 {
+    if net == 0 {
+        return UNKNOWN_NETNS;
+    }
+    if !lazy_cookie() {
+        return M::get(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS);
+    }
+    // SAFETY: plain copy of the key.
+    if let Some(key) = unsafe { NET_KEYS.get(net) } {
+        return *key;
+    }
+    if !is_referenced(net) {
+        return UNKNOWN_NETNS;
+    }
+    let fresh = new_key(net);
+    if fresh == UNKNOWN_NETNS {
+        return UNKNOWN_NETNS;
+    }
+    if NET_KEYS.insert(net, fresh, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU gave it one first (or the map is full): theirs is the key.
+        // SAFETY: as above.
+        return unsafe { NET_KEYS.get(net) }.copied().unwrap_or(UNKNOWN_NETNS);
+    }
+    // The teardown may have run between the check above and the insert, and removed nothing:
+    // take the entry back, so no dead namespace keeps a key its address's next user would get.
+    if !is_referenced(net) {
+        forget_key(net, fresh);
+        return UNKNOWN_NETNS;
+    }
+    fresh
+}
+
+/// The key of a namespace that was just created at `net`: a new one on lazy-cookie kernels,
+/// replacing whatever a namespace that had the same address before left behind.
+#[inline(always)]
+pub fn created_key(net: u64) -> u64 {
+    if !lazy_cookie() {
+        return read(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS);
+    }
+    let fresh = new_key(net);
+    if fresh == UNKNOWN_NETNS || NET_KEYS.insert(net, fresh, 0).is_err() {
+        return UNKNOWN_NETNS;
+    }
+    fresh
+}
+
+/// The key of a namespace being torn down (its last reference is gone): never a new one.
+#[inline(always)]
+pub fn dying_key(net: u64) -> u64 {
+    if !lazy_cookie() {
+        return read(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS);
+    }
+    // SAFETY: plain copy of the key.
+    unsafe { NET_KEYS.get(net) }.copied().unwrap_or(UNKNOWN_NETNS)
+}
+
+/// Drops the key of `net` if it is still `key` (the address may have a new namespace since).
+#[inline(always)]
+pub fn forget_key(net: u64, key: u64) {
+    if !lazy_cookie() || net == 0 {
+        return;
+    }
+    // SAFETY: plain copy of the key.
+    if unsafe { NET_KEYS.get(net) }.copied() == Some(key) {
+        let _ = NET_KEYS.remove(net);
+    }
+}
+
+/// True while the namespace at `net` holds active references (`__put_net` not reached).
+#[inline(always)]
+fn is_referenced(net: u64) -> bool {
+    read::<u32>(net, offset!(net_refcount)).is_ok_and(|refs| refs != 0)
+}
 
 /// Namespaces alive in the kernel, by `net_cookie` (never reused, unlike the inode number).
 /// Sized by the agent (`limits.kernel_namespaces`).
@@ -73,6 +210,7 @@ pub fn untrack(cookie: u64) -> Option<NetnsRecord> {
         let _ = TEARDOWN_MARKERS.remove(record.prot_inuse);
     }
     disown_tables(record.net);
+    forget_key(record.net, cookie);
     Some(record)
 }
 
@@ -87,12 +225,6 @@ pub fn is_alive(cookie: u64) -> bool {
 pub fn by_teardown_marker(ptr: u64) -> Option<u64> {
     // SAFETY: plain copy of the cookie.
     unsafe { TEARDOWN_MARKERS.get(ptr) }.copied()
-}
-
-/// `net->net_cookie`, or the unknown marker.
-#[inline(always)]
-pub fn net_cookie<M: Mem>(net: u64) -> u64 {
-    M::get(net, offset!(net_cookie)).unwrap_or(UNKNOWN_NETNS)
 }
 
 /// The `struct net *` of a `struct net_device *`, or 0.

@@ -63,7 +63,7 @@ use netns_agent_common::{
 
 use crate::{
     kernel::{Btf, Mem, Probe, atomic_add, current_net, offset, read},
-    netns::{self, dev_net, net_cookie},
+    netns::{self, dev_net},
 };
 
 /// Non-zero: also count per table (`routes.table_detail`). Written by the loader; read-only,
@@ -220,7 +220,7 @@ fn v6_walk<M: Mem>(net: u64, tb_id: u32, result: usize, rules_hooked: bool) -> W
 /// Counts one table lookup of the namespace `net` (0: unknown), read through `M`.
 #[inline(always)]
 fn record<M: Mem>(net: u64, tb_id: u32, family: u16, result: usize, walk: Walk) {
-    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie::<M>(net) };
+    let cookie = netns::key::<M>(net);
     // The whole lookup first: on PREEMPT_RT a program run can get only one new hash key (see
     // `RouteMaps::seed` in the agent), and this is the count that must not be lost.
     let key = RouteKey { cookie, table: 0, family, kind: kind::LOOKUP };
@@ -378,7 +378,7 @@ fn v4_returned<M: Mem>(tb: u64, flp: u64, res: u64, err: i32) {
             let last = unsafe { &mut *last };
             if net != 0 && (last.cookie != tb || last.net != net) {
                 if netns::table_owner(tb).net != net {
-                    netns::set_table_owner(tb, net_cookie::<M>(net), net);
+                    netns::set_table_owner(tb, netns::key::<M>(net), net);
                 }
                 *last = TableOwner { cookie: tb, net };
             }
@@ -509,7 +509,7 @@ fn rules_returned<M: Mem>(ops: u64, err: i32, family: u16) {
         -101 => result::UNREACHABLE,
         other => v4_result(other),
     };
-    let cookie = if net == 0 { UNKNOWN_NETNS } else { net_cookie::<M>(net) };
+    let cookie = netns::key::<M>(net);
     count(RouteKey { cookie, table: 0, family, kind: kind::LOOKUP }, result);
 }
 

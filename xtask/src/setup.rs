@@ -43,18 +43,108 @@ pub struct VmKernel {
     pub modes: &'static [&'static str],
     /// The end-to-end test files it runs (`tests/NAME.rs`); `None`: every VM test.
     pub tests: Option<&'static [&'static str]>,
+    /// The suite its image comes from when this machine's sources lack it; `None`: they
+    /// have it (Debian 12's kernels on a Debian 12 machine).
+    pub suite: Option<&'static AptSuite>,
+}
+
+/// A Debian suite added to apt's sources for one kernel series only: a pin lets nothing else
+/// be installed from it.
+pub struct AptSuite {
+    /// File name of the sources and preferences entries written for it.
+    pub file: &'static str,
+    pub uri: &'static str,
+    pub suite: &'static str,
+    /// The packages allowed from it (an apt-preferences glob).
+    pub packages: &'static str,
+}
+
+/// Debian 11's security suite, for its 5.10 kernel images (bullseye's own suite has only
+/// older ones).
+const BULLSEYE_SECURITY: AptSuite = AptSuite {
+    file: "netns-agent-bullseye-security",
+    uri: "http://deb.debian.org/debian-security",
+    suite: "bullseye-security",
+    packages: "linux-image-5.10.0-*-amd64-unsigned",
+};
+
+impl AptSuite {
+    /// The deb822 sources entry.
+    fn sources(&self) -> String {
+        format!(
+            "# Written by `cargo xtask setup` (netns-agent) for the VM tests' kernel images;\n\
+             # /etc/apt/preferences.d/{file} lets only {packages} come from it.\n\
+             Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            file = self.file,
+            packages = self.packages,
+            uri = self.uri,
+            suite = self.suite,
+        )
+    }
+
+    /// The apt preferences: its kernel images may be installed, nothing else from it. The
+    /// package-specific entry comes first: apt takes the first specific pin that matches.
+    fn preferences(&self) -> String {
+        format!(
+            "# Written by `cargo xtask setup` (netns-agent): from {suite}, only {packages}.\n\
+             Package: {packages}\nPin: release n={suite}\nPin-Priority: 500\n\n\
+             Package: *\nPin: release n={suite}\nPin-Priority: -1\n",
+            suite = self.suite,
+            packages = self.packages,
+        )
+    }
+
+    /// Writes its sources and preferences entries unless present; true if it wrote them.
+    fn install(&self) -> Result<bool> {
+        let sources = Path::new("/etc/apt/sources.list.d").join(format!("{}.sources", self.file));
+        let preferences = Path::new("/etc/apt/preferences.d").join(self.file);
+        if sources.exists() && preferences.exists() {
+            return Ok(false);
+        }
+        if !crate::util::is_root() {
+            bail!("adding the apt suite {}: run as root (sudo -E cargo xtask ...)", self.suite);
+        }
+        // The pin first: no moment where the suite is a source without it.
+        std::fs::write(&preferences, self.preferences())
+            .with_context(|| format!("writing {}", preferences.display()))?;
+        std::fs::write(&sources, self.sources()).with_context(|| format!("writing {}", sources.display()))?;
+        Ok(true)
+    }
 }
 
 /// The VM matrix: Debian 12's kernels, each in the modes it offers that the host cannot test
 /// (the host tier is tracepoint mode on a kernel without kprobes).
 pub const VM_KERNELS: &[VmKernel] = &[
-    VmKernel { name: "6.1", prefix: "6.1.0-", suffix: "-amd64", modes: &["kprobe", "fentry"], tests: None },
+    // Debian 11's: the oldest kernel the agent runs on. `net_cookie` is assigned lazily there
+    // (the programs key namespaces themselves) and `bpf_loop` is missing (the bounded
+    // inventory walk): the route and lifecycle tests, which count per namespace through those
+    // keys, in kprobe mode. fentry mode (whose device-move fexit needs bpf_get_func_ret,
+    // 5.17+, and stays detached there) and the other tests are left out for time (README,
+    // Tests).
+    VmKernel {
+        name: "5.10",
+        prefix: "5.10.0-",
+        suffix: "-amd64",
+        modes: &["kprobe"],
+        tests: Some(&["routes", "lifecycle"]),
+        suite: Some(&BULLSEYE_SECURITY),
+    },
+    VmKernel {
+        name: "6.1",
+        prefix: "6.1.0-",
+        suffix: "-amd64",
+        modes: &["kprobe", "fentry"],
+        tests: None,
+        suite: None,
+    },
     VmKernel {
         name: "6.12",
         prefix: "6.12.",
         suffix: "+deb12-amd64",
         modes: &["kprobe", "fentry"],
         tests: None,
+        suite: None,
     },
     // PREEMPT_RT: softirqs run in threads (ksoftirqd, or the task that re-enables BH),
     // fentry programs are preemptible, and per-CPU hash values are refilled from a thread.
@@ -68,6 +158,7 @@ pub const VM_KERNELS: &[VmKernel] = &[
         suffix: "+deb12-rt-amd64",
         modes: &["tracepoint"],
         tests: Some(&["routes"]),
+        suite: None,
     },
 ];
 
@@ -139,8 +230,13 @@ pub fn vm_tools() -> Result<Vec<(&'static VmKernel, PathBuf)>> {
         let image = match installed_kernel(kernel) {
             Some(image) => image,
             None => {
-                // Package lists may be missing or stale on a fresh machine: refresh them first.
-                apt_update()?;
+                // Package lists may be missing or stale on a fresh machine: refresh them first;
+                // again after adding a suite, whose list an earlier update could not fetch.
+                let added = match kernel.suite {
+                    Some(suite) => suite.install()?,
+                    None => false,
+                };
+                apt_update(added)?;
                 let regex = kernel.package_regex();
                 let listing = output("apt-cache", &["search", "--names-only", &regex]).unwrap_or_default();
                 let mut names: Vec<&str> = listing
@@ -213,10 +309,10 @@ pub fn pip(packages: &[&str]) -> Result<()> {
     run(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(&missing))
 }
 
-/// `apt-get update`, once per run.
-fn apt_update() -> Result<()> {
+/// `apt-get update`, once per run unless `again` (the sources changed since).
+fn apt_update(again: bool) -> Result<()> {
     static UPDATED: AtomicBool = AtomicBool::new(false);
-    if !UPDATED.swap(true, Ordering::Relaxed) {
+    if !UPDATED.swap(true, Ordering::Relaxed) || again {
         run(Command::new("apt-get").args(["update", "-q"]))?;
     }
     Ok(())
@@ -241,7 +337,7 @@ pub fn apt(packages: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
-    apt_update()?;
+    apt_update(false)?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
@@ -277,6 +373,7 @@ mod tests {
             newest_image(kernel, boot.iter().map(|s| s.to_string()))
         };
         assert_eq!(pick("6.1").as_deref(), Some("vmlinuz-6.1.0-57-amd64"));
+        assert_eq!(pick("5.10"), None);
         assert_eq!(pick("6.12").as_deref(), Some("vmlinuz-6.12.118+deb12-amd64"));
         assert_eq!(pick("6.12-rt").as_deref(), Some("vmlinuz-6.12.118+deb12-rt-amd64"));
         // Each release is exactly one kernel's, and the package regex agrees with it.
@@ -286,7 +383,20 @@ mod tests {
         }
         let rt = VM_KERNELS.iter().find(|k| k.name == "6.12-rt").unwrap();
         assert_eq!(rt.package_regex(), r"^linux-image-6\.12\.[0-9]+\+deb12-rt-amd64-unsigned$");
-        assert!(!VM_KERNELS[1].matches("6.12.118+deb12-rt-amd64"));
-        assert!(!VM_KERNELS[0].matches("6.1.0--amd64"));
+        let named = |name: &str| VM_KERNELS.iter().find(|k| k.name == name).unwrap();
+        assert!(!named("6.12").matches("6.12.118+deb12-rt-amd64"));
+        assert!(!named("6.1").matches("6.1.0--amd64"));
+        assert!(named("5.10").matches("5.10.0-46-amd64"));
+        assert!(!named("6.1").matches("5.10.0-46-amd64"));
+        assert_eq!(named("5.10").package_regex(), r"^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$");
+    }
+
+    #[test]
+    fn an_added_suite_is_pinned_to_its_kernel_images() {
+        let prefs = BULLSEYE_SECURITY.preferences();
+        let specific = prefs.find("Package: linux-image-5.10.0-*-amd64-unsigned").unwrap();
+        let rest = prefs.find("Package: *\nPin: release n=bullseye-security\nPin-Priority: -1").unwrap();
+        assert!(specific < rest, "apt takes the first matching specific pin: {prefs}");
+        assert!(BULLSEYE_SECURITY.sources().contains("Suites: bullseye-security\n"));
     }
 }

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: lint, unit tests, end-to-end tests on the host kernel (tracepoint
 //! mode), the real container runtimes on the host kernel, the deployment tiers, the fuzz tier
 //! (`fuzz/`, each parser target for a bounded time) and the VM matrix (Debian 12's 6.1 and
-//! 6.12 kernels booted with virtme-ng in kprobe and fentry modes, its 6.12 PREEMPT_RT kernel
-//! in tracepoint mode; `setup::VM_KERNELS`), which runs beside the tiers after the host's. Ends with a summary naming each
+//! 6.12 kernels booted with virtme-ng in kprobe and fentry modes, Debian 11's 5.10 with the
+//! route and lifecycle tests in kprobe mode, Debian 12's 6.12 PREEMPT_RT kernel with the
+//! route tests in tracepoint mode; `setup::VM_KERNELS`), which runs beside the tiers after
+//! the host's. Ends with a summary naming each
 //! tier, (kernel, mode) and fuzz target, and its result.
 
 use std::{
@@ -44,7 +46,7 @@ pub struct TestArgs {
     /// Only these attach modes in the VMs (default: each kernel's modes, see README).
     #[arg(long, value_delimiter = ',')]
     vm_modes: Vec<String>,
-    /// Only these kernels of the VM matrix (6.1, 6.12, 6.12-rt).
+    /// Only these kernels of the VM matrix (5.10, 6.1, 6.12, 6.12-rt).
     #[arg(long, value_delimiter = ',')]
     vm_kernels: Vec<String>,
     /// VMs of the matrix that run at once (one VM per kernel and mode).

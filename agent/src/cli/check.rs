@@ -19,7 +19,7 @@ use crate::{
 
 /// The report, and whether `run` would attach anything under the settings' policy.
 pub fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
-    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
+    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms, lazy_cookie } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
     let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
     let outcomes = attach::attach_all(&mut ebpf, &kernel, Policy::Auto, true);
@@ -34,6 +34,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
         fields.len(),
         missing_fields(&fields)
     );
+    let _ = writeln!(out, "namespaces    keyed by {}", loader::key_source(lazy_cookie));
     let _ = writeln!(
         out,
         "kprobes       {}",

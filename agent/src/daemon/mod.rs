@@ -180,14 +180,15 @@ async fn start(settings: &Settings) -> Result<Started, DaemonError> {
             degraded.without
         );
     }
-    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms } =
+    let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms, lazy_cookie } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
     log::info!(
-        "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved)",
+        "netns-agent {} on Linux {release}; BTF {} ({} of {} fields resolved); namespaces keyed by {}",
         env!("CARGO_PKG_VERSION"),
         btf_path.display(),
         fields.iter().filter(|f| f.found.is_some()).count(),
-        fields.len()
+        fields.len(),
+        loader::key_source(lazy_cookie)
     );
     let outcomes = {
         let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);

@@ -190,6 +190,20 @@ fn attach_hook(ebpf: &mut Ebpf, kernel: &KernelView<'_>, hook: &Hook) -> Result<
 }
 
 /// A one-line reason for a program error; the verifier log goes to the debug log.
+/// What an unknown helper number in a verifier message is, and from which kernel: older
+/// verifiers print only the number.
+fn missing_helper(reason: &str) -> &'static str {
+    const HELPERS: &[(&str, &str)] = &[
+        ("unknown#181", " (bpf_loop, Linux 5.17+)"),
+        ("unknown#183", " (bpf_get_func_arg, Linux 5.17+)"),
+        ("unknown#184", " (bpf_get_func_ret, Linux 5.17+)"),
+    ];
+    HELPERS
+        .iter()
+        .find(|(number, _)| reason.ends_with(number) || reason.contains(&format!("{number} ")))
+        .map_or("", |(_, name)| name)
+}
+
 pub fn describe(err: &ProgramError) -> String {
     if let ProgramError::LoadError { io_error, verifier_log } = err {
         let log = verifier_log.to_string();
@@ -201,9 +215,24 @@ pub fn describe(err: &ProgramError) -> String {
             .map(str::trim)
             .find(|l| !l.is_empty() && !statistics.iter().any(|s| l.starts_with(s)));
         return match reason {
-            Some(reason) => format!("the verifier rejected it ({io_error}): {reason}"),
+            Some(reason) => {
+                format!("the verifier rejected it ({io_error}): {reason}{}", missing_helper(reason))
+            }
             None => format!("the kernel refused to load it ({io_error}) before verification"),
         };
     }
     error_chain(err)
+}
+
+#[cfg(test)]
+mod helper_tests {
+    use super::missing_helper;
+
+    #[test]
+    fn unknown_helpers_are_named_with_their_kernel() {
+        assert_eq!(missing_helper("invalid func unknown#184"), " (bpf_get_func_ret, Linux 5.17+)");
+        assert_eq!(missing_helper("invalid func unknown#181"), " (bpf_loop, Linux 5.17+)");
+        assert_eq!(missing_helper("invalid func unknown#1840"), "");
+        assert_eq!(missing_helper("R1 type=ctx expected=fp"), "");
+    }
 }

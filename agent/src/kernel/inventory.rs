@@ -17,6 +17,8 @@ use super::attach::describe;
 use crate::errors::error_chain;
 
 const WALK: &str = "inventory_walk";
+/// The walk without `bpf_loop`, for 5.10-5.16: it stops after `BOUNDED_WALK` namespaces.
+const WALK_BOUNDED: &str = "inventory_walk_bounded";
 const FORGET: &str = "inventory_forget";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub struct Walk {
 
 /// The kernel's view of which namespaces are alive.
 pub struct Inventory {
+    /// The walk program that loaded.
+    walk: &'static str,
     entries: Array<MapData, InventoryEntry>,
     status: Array<MapData, InventoryStatus>,
     live: HashMap<MapData, u64, NetnsRecord>,
@@ -47,6 +51,12 @@ pub struct Inventory {
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a RawTracePoint, InventoryError> {
     ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or(InventoryError::Program(name))
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), InventoryError> {
+    let p: &mut RawTracePoint =
+        ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(InventoryError::Program(name))?;
+    p.load().map_err(|err| InventoryError::Load { program: name, reason: describe(&err) })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InventoryError>
@@ -58,17 +68,31 @@ where
 
 impl Inventory {
     /// Loads the walk programs (never attached: user space runs them) and takes the maps.
-    /// Fails on kernels without `bpf_loop` (before 5.17) or `BPF_PROG_TEST_RUN` for raw
-    /// tracepoints (before 5.10).
+    /// The `bpf_loop` walk where the kernel has it (5.17+), else the bounded one. Fails on
+    /// kernels without `BPF_PROG_TEST_RUN` for raw tracepoints (before 5.10).
     pub fn load(ebpf: &mut Ebpf) -> Result<Self, InventoryError> {
-        for name in [WALK, FORGET] {
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(InventoryError::Program(name))?;
-            p.load().map_err(|err| InventoryError::Load { program: name, reason: describe(&err) })?;
-        }
+        let walk = match load_program(ebpf, WALK) {
+            Ok(()) => WALK,
+            Err(full) => {
+                // Both reasons: the bounded walk's is the one that matters on this kernel.
+                load_program(ebpf, WALK_BOUNDED).map_err(|bounded| match (bounded, full) {
+                    (
+                        InventoryError::Load { program, reason },
+                        InventoryError::Load { reason: first, .. },
+                    ) => InventoryError::Load { program, reason: format!("{reason}; {WALK}: {first}") },
+                    (bounded, _) => bounded,
+                })?;
+                log::info!(
+                    "inventory: this kernel has no bpf_loop (5.17+); the walk stops after {} \
+                     namespaces and says INCOMPLETE beyond",
+                    netns_agent_common::inventory::BOUNDED_WALK
+                );
+                WALK_BOUNDED
+            }
+        };
+        load_program(ebpf, FORGET)?;
         Ok(Self {
+            walk,
             entries: take_map(ebpf, "INVENTORY")?,
             status: take_map(ebpf, "INVENTORY_STATUS")?,
             live: take_map(ebpf, "LIVE")?,
@@ -77,7 +101,7 @@ impl Inventory {
 
     /// Walks the kernel's namespace list; every namespace found joins the alive set.
     pub fn walk(&self, ebpf: &Ebpf) -> Result<Walk, InventoryError> {
-        let result = program(ebpf, WALK)?
+        let result = program(ebpf, self.walk)?
             .test_run(RawTracePointRunOptions::new())
             .map_err(|err| InventoryError::Run(error_chain(&err)))?;
         if result.return_value != 0 {
