@@ -26,7 +26,10 @@ use crate::kernel::{Mem, atomic_add, offset, read};
 static LAZY_COOKIE: u8 = 0;
 
 /// The bit set in every key the agent assigns. Cookies count up from 1 and never reach it.
-pub const AGENT_KEY: u64 = 1 << 63;
+/// Bit 52, so that every key stays below 2^53: the API and the events file carry keys as
+/// JSON numbers, which jq and JavaScript read as doubles, exact only up to there.
+pub const AGENT_KEY: u64 = 1 << AGENT_KEY_BIT;
+const AGENT_KEY_BIT: u32 = 52;
 
 /// Bits of `ns.inum` in an agent key: inode numbers are `0xF0000000 +` a number below 2^28
 /// (`proc_alloc_inum`), unique among the namespaces alive at once.
@@ -54,7 +57,9 @@ fn lazy_cookie() -> bool {
 /// made at the same moment may share it; but those are for two live namespaces, whose inode
 /// numbers differ. A namespace that reuses an inode number was created after the earlier
 /// one's key was made, and its own add made the sequence larger: keys are never reused
-/// (until the 35-bit sequence wraps).
+/// until the 24-bit sequence wraps, after 16.7 million keys, and then only if a namespace
+/// with the same sequence and inode bits is still known (it would have to outlive all of
+/// them).
 #[inline(always)]
 fn new_key(net: u64) -> u64 {
     // An early return, not `unwrap_or`: LLVM may fill the failed read's value from a stack
@@ -69,7 +74,7 @@ fn new_key(net: u64) -> u64 {
     // SAFETY: the array's value memory; a racing add only makes the value larger.
     let seq = unsafe { core::ptr::read_volatile(seq) };
     AGENT_KEY
-        | ((seq & ((1 << (63 - INUM_BITS)) - 1)) << INUM_BITS)
+        | ((seq & ((1 << (AGENT_KEY_BIT - INUM_BITS)) - 1)) << INUM_BITS)
         | u64::from(inum & ((1 << INUM_BITS) - 1))
 }
 
