@@ -45,13 +45,11 @@ struct Walk {
 fn visit(walk: &mut Walk, net: u64) -> Result<(), i64> {
     let refs: u32 = read(net, offset!(net_refcount))?;
     if refs == 0 {
-        // Teardown began (`__put_net` ran, `cleanup_net` has not taken it off this list
-        // yet). kprobe and fentry modes saw it begin; tracepoint mode sees it only once its
-        // `cleanup_net` runs, which waits behind a stuck one: the walk tells it instead, so
-        // that it shows as terminating, then dying, not as a live namespace. Counted once.
-        // Its key as it had one: a dying namespace never gets a new key.
+        // Teardown began (`__put_net` ran, `cleanup_net` has not taken it off this list yet).
+        // Left out of the entries: the reconciliation after a complete walk ends it (once)
+        // if no teardown probe did, which is what tracepoint mode needs for a teardown
+        // queued behind a stuck one (it sees a teardown only when its `cleanup_net` runs).
         walk.status.dying += 1;
-        destroyed(netns::dying_key(net), true);
         return Ok(());
     }
     let cookie = netns::key::<Probe>(net);

@@ -197,9 +197,10 @@ static NETNS_CREATE: ProbeSpec = ProbeSpec {
             ],
             symbols: &[],
             sees: "creations by clone/clone3 (task_newtask) and unshare (sys_exit_unshare); \
-                   setup time is the whole unshare/clone syscall; failures are those calls \
-                   failing with ENOMEM or ENOSPC (EPERM/EINVAL are refused before any \
-                   namespace work and are not counted)",
+                   setup time is the whole unshare/clone syscall; a failure is such a call \
+                   failing with ENOSPC when it asked for no other namespace; ENOMEM, and \
+                   ENOSPC beside other new namespaces, are unattributed (another step of the \
+                   call returns them too); EPERM/EINVAL are not counted",
         },
     ],
 };
