@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use netns_agent_e2e::{
     Agent, ChildProcess, HostileProcess, Metrics, NamedNetns, clone_newnet_inode, promtool_check, rss_kib,
-    set_thread_comm, slowdown, unique_comm, visible_namespaces, wait_for,
+    run, set_thread_comm, slowdown, unique, unique_comm, visible_namespaces, wait_for,
 };
 
 /// Fast rescans and a short grace period, so tests need not wait.
@@ -90,6 +90,43 @@ fn an_unshared_process_shows_its_pid_and_comm() -> Result<()> {
             && l["comm"] == "sleep"
             && processes(m, inode) == Some(1.0)
             && l["name"].is_empty()
+    })?;
+    Ok(())
+}
+
+/// A runtime mounts a new namespace's netns file after creating it (Docker, Podman and CNI
+/// all do), so the scan the creation triggers can come too early to see the file: the mount
+/// itself must bring the name, not the next periodic scan.
+#[test]
+fn a_netns_file_mounted_after_the_scan_names_the_namespace_at_once() -> Result<()> {
+    // The namespace predates the agent, so its creation triggers no scan.
+    let child = ChildProcess::spawn("unshare", &["-n", "sleep", "120"])?;
+    let pid = child.pid();
+    let inode = wait_for("the child's namespace", Duration::from_secs(5), || {
+        use std::os::unix::fs::MetadataExt as _;
+        let mine = std::fs::metadata("/proc/self/ns/net")?.ino();
+        let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino();
+        Ok((ino != mine).then_some(ino))
+    })?;
+    wait_exec(pid, "sleep")?;
+    // Periodic scans an hour apart: after the start-up scan, only the mount can trigger one.
+    let agent = Agent::start_with_config("attribution_interval_seconds = 3600\nseries_grace_seconds = 2\n")?;
+    wait_for("the agent's start-up scan (/-/ready)", Duration::from_secs(10), || {
+        Ok((netns_agent_e2e::http_get_status(agent.port, "/-/ready")?.0 == 200).then_some(()))
+    })?;
+    wait_info(&agent, inode, "the process, and no name", |l, m| {
+        l["pid"] == pid.to_string()
+            && l["comm"] == "sleep"
+            && l["name"].is_empty()
+            && processes(m, inode) == Some(1.0)
+    })?;
+    let name = unique("mountedlater");
+    std::fs::create_dir_all("/run/netns")?;
+    std::fs::File::create(format!("/run/netns/{name}"))?;
+    let _named = NamedNetns::adopt(name.clone());
+    run("mount", &["--bind", &format!("/proc/{pid}/ns/net"), &format!("/run/netns/{name}")])?;
+    wait_info(&agent, inode, "the name of the file mounted later", |l, _| {
+        l["name"] == name && l["pid"] == pid.to_string()
     })?;
     Ok(())
 }
@@ -377,10 +414,18 @@ fn churn_of_short_lived_namespaces_leaves_exposition_and_memory_where_they_start
     ensure!(!before.has("netns_created_total", &[("comm", &comm)]), "{comm} counted before it ran");
     let created = after.value("netns_created_total", &[("comm", &comm)])?;
     ensure!(created == 2.0 * burst as f64, "netns_created_total{{comm={comm:?}}} {created}");
-    ensure!(
-        rss_after <= rss_warm + 2048,
-        "RSS grew from {rss_warm} KiB to {rss_after} KiB over {burst} namespaces"
-    );
     ensure!(after.value("netns_agent_events_lost_total", &[])? == 0.0, "events lost");
+    // A leak grows with every burst; a heap that reached a new high-water mark once (a
+    // burst handled in bigger batches under load, as in a busy VM) does not grow again.
+    // So a round that grew past the bound is followed by one more, which must not grow.
+    if rss_after > rss_warm + 2048 {
+        churn(&agent)?;
+        let rss_again = rss_kib(agent.pid())?;
+        ensure!(
+            rss_again <= rss_after + 512,
+            "RSS grew from {rss_warm} KiB to {rss_after} KiB over {burst} namespaces, and again to \
+             {rss_again} KiB over {burst} more"
+        );
+    }
     Ok(())
 }

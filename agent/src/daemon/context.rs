@@ -122,6 +122,7 @@ impl Agent {
                 scanned: Some(started),
             };
         });
+        log::debug!("attribution scan: {} ms", started_at.elapsed().as_millis());
         self.scanned.store(true, std::sync::atomic::Ordering::Release);
         // A scan allocates and frees a map per process; give the pages back to the system.
         crate::kernel::host::trim_heap();

@@ -28,7 +28,7 @@ use crate::{
         loader::{self, LoadError, Prepared},
         maps::MapError,
         probes::CLEANUP_PROBE,
-        procfs::CgroupNames,
+        procfs::{self, CgroupNames},
         ring::{EventRing, EventStream, RingError},
     },
     model::{
@@ -444,6 +444,13 @@ fn attribution_task(agent: Shared, tuned: tokio::sync::watch::Receiver<Tunables>
             Box::pin(async move {
                 let interval = tuned.borrow_and_update().attribution_interval;
                 let mut ticker = tokio::time::interval(interval);
+                let mounts = procfs::MountWatch::open(&agent.sources);
+                let mount_changed = || async {
+                    match &mounts {
+                        Some(watch) => watch.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 loop {
                     tokio::select! {
                         changed = tuned.changed() => {
@@ -453,6 +460,12 @@ fn attribution_task(agent: Shared, tuned: tokio::sync::watch::Receiver<Tunables>
                         _ = ticker.tick() => {}
                         // A new namespace: let its creator finish (mount, exec) before looking.
                         () = agent.rescan_soon.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                        // A netns file mounted (or unmounted): names change now, not at the next
+                        // tick. A runtime mounts several things per container: let it finish.
+                        changed = mount_changed() => {
+                            changed.map_err(|err| TaskError::Failed(format!("watching mounts: {err}")))?;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                     let agent = Arc::clone(&agent);
                     tokio::task::spawn_blocking(move || agent.rescan())

@@ -99,6 +99,36 @@ pub fn nsfs_mounts(sources: &Sources) -> Vec<(u32, String)> {
     found.into_iter().collect()
 }
 
+/// Wakes when the host's mount table changes: a runtime bind-mounts a new namespace's netns
+/// file (`/run/netns/NAME`, `/var/run/docker/netns/ID`) after creating it, at a moment the
+/// creation event cannot tell, and a scan made before it names the namespace "". The kernel
+/// flags `/proc/PID/mountinfo` with POLLPRI on every change of that process's mount table,
+/// which is how systemd follows mounts too. `None` where the host's table cannot be opened
+/// (the periodic rescan still runs).
+pub struct MountWatch(tokio::io::unix::AsyncFd<std::fs::File>);
+
+impl MountWatch {
+    /// Watches pid 1's mount table (the one `nsfs_mounts` reads first). Call inside a runtime.
+    pub fn open(sources: &Sources) -> Option<Self> {
+        let file = std::fs::File::open(sources.proc_root.join("1").join("mountinfo")).ok()?;
+        // SAFETY: the File owns its descriptor, open until the AsyncFd (which owns the File)
+        // drops it, and as_raw_fd always returns that one descriptor.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::PRIORITY).ok()?
+        };
+        Some(Self(fd))
+    }
+
+    /// Returns after the next change of the mount table.
+    pub async fn changed(&self) -> std::io::Result<()> {
+        let mut ready = self.0.ready(tokio::io::Interest::PRIORITY).await?;
+        // The kernel reports a change once per poll; tokio's edge-triggered registration then
+        // waits for the next one.
+        ready.clear_ready();
+        Ok(())
+    }
+}
+
 /// A mountinfo file as text (not procfs's `Process::mountinfo()`, which fails the whole file
 /// on a byte that is not UTF-8). Mount points may hold any bytes but the four the kernel escapes:
 /// invalid UTF-8 is written as octal escapes (`\377`), as the kernel writes the others, so
