@@ -15,6 +15,7 @@
 //! where. Only the first message of a buffer is parsed.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user,
@@ -152,11 +153,40 @@ pub fn moves_begin_fentry(ctx: FEntryContext) -> u32 {
     0
 }
 
+/// How many arguments this kernel's move function takes: 3 (`dev_change_net_namespace`,
+/// 5.12 and older), 4 (5.13+), 5 (6.15+). Written by the loader from the function's BTF,
+/// the one fexit attaches to; read-only, so the verifier keeps only the matching branch.
+#[unsafe(no_mangle)]
+static MOVE_FN_ARGS: u32 = 0;
+
 #[fexit(function = "__dev_change_net_namespace")]
 pub fn moves_end_fexit(ctx: FExitContext) -> u32 {
-    // The argument count changed in 6.15; the helper finds the return value either way.
-    end(ctx.ret::<i32>().unwrap_or(-1), true);
+    // fexit's context holds the return value in the slot after the arguments. Read from
+    // there rather than with bpf_get_func_ret, which came in 5.17: one way on every kernel.
+    // SAFETY: volatile read of a read-only global set by the loader.
+    let ret = match unsafe { core::ptr::read_volatile(&raw const MOVE_FN_ARGS) } {
+        3 => ret_slot::<3>(&ctx),
+        4 => ret_slot::<4>(&ctx),
+        5 => ret_slot::<5>(&ctx),
+        6 => ret_slot::<6>(&ctx),
+        // Unknown: the loader found no such function, and fexit cannot attach to it.
+        _ => return 0,
+    };
+    // A failed copy (never seen) still ends the pending move: by where the device is now,
+    // its error unknown, as tracepoint mode does.
+    end(ret.map_or(0, |r| r as i32), ret.is_some());
     0
+}
+
+/// The fexit context's slot `N` (the return value after `N` arguments), copied with a
+/// helper rather than loaded: the verifier types the slot by the function's return type
+/// and, before 5.17, refuses a load past the arguments. The offset is a constant for each `N`.
+#[inline(always)]
+fn ret_slot<const N: usize>(ctx: &FExitContext) -> Option<u64> {
+    let slot = (ctx.as_ptr() as *const u64).wrapping_add(N);
+    // SAFETY: the slot is inside the trampoline's context, alive while the program runs;
+    // the helper copies through the kernel's fault-safe path.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(slot) }.ok()
 }
 
 #[kprobe]

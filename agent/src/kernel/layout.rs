@@ -187,6 +187,18 @@ impl KernelLayout {
             .unwrap_or(false)
     }
 
+    /// How many parameters function `name` takes, if the BTF describes it.
+    pub fn parameter_count(&self, name: &str) -> Option<usize> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.iter().find_map(|t| match t {
+            Type::Func(func) => match self.btf.resolve_chained_type(func).ok()? {
+                Type::FuncProto(proto) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Byte offset of `struct.member[.member...]`, looking through anonymous structs/unions.
     pub fn member_offset(&self, path: &str) -> Option<u32> {
         let mut parts = path.split('.');
@@ -317,7 +329,18 @@ pub(crate) mod test_btf {
         }
 
         pub fn func(&mut self, name: &str) -> u32 {
-            let proto = self.header("", 13, 0, 0);
+            self.func_with_params(name, &[])
+        }
+
+        /// A function whose prototype has these (name, type) parameters.
+        pub fn func_with_params(&mut self, name: &str, params: &[(&str, u32)]) -> u32 {
+            let resolved: Vec<(u32, u32)> = params.iter().map(|(n, t)| (self.string(n), *t)).collect();
+            let proto = self.header("", 13, params.len() as u32, 0);
+            for (name_off, ty) in resolved {
+                for word in [name_off, ty] {
+                    self.types.extend_from_slice(&word.to_le_bytes());
+                }
+            }
             self.header(name, 12, 0, proto)
         }
 
@@ -448,6 +471,25 @@ mod tests {
     }
 
     #[test]
+    fn parameters_are_counted_from_the_prototype() {
+        let mut b = BtfBuilder::new();
+        let long = b.int("long", 8);
+        let ptr = b.ptr(long);
+        b.func_with_params("dev_change_net_namespace", &[("dev", ptr), ("net", ptr), ("pat", ptr)]);
+        b.func_with_params(
+            "__dev_change_net_namespace",
+            &[("dev", ptr), ("net", ptr), ("pat", ptr), ("i", long)],
+        );
+        b.func("no_args");
+        let k = KernelLayout::from_bytes(&b.build());
+        assert_eq!(k.parameter_count("dev_change_net_namespace"), Some(3));
+        assert_eq!(k.parameter_count("__dev_change_net_namespace"), Some(4));
+        assert_eq!(k.parameter_count("no_args"), Some(0));
+        assert_eq!(k.parameter_count("long"), None, "a type is not a function");
+        assert_eq!(k.parameter_count("missing"), None);
+    }
+
+    #[test]
     fn missing_file_names_the_fix() {
         let err = KernelLayout::open(Path::new("/nonexistent/vmlinux")).err().unwrap();
         let text = err.to_string();
@@ -463,5 +505,9 @@ mod tests {
         let (_, fields) = KernelLayout::open(path).unwrap().resolve();
         let missing: Vec<_> = fields.iter().filter(|f| f.found.is_none()).map(|f| f.name).collect();
         assert!(missing.is_empty(), "unresolved on this kernel: {missing:?}");
+        // The move fexit's return slot: 4 arguments from 5.13, 5 from 6.15.
+        let layout = KernelLayout::open(path).unwrap();
+        let args = crate::kernel::probes::MOVE_FUNCTIONS.iter().find_map(|f| layout.parameter_count(f));
+        assert!(matches!(args, Some(3..=5)), "{args:?}");
     }
 }

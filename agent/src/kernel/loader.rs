@@ -73,13 +73,17 @@ pub fn prepare(btf_path: &Path, sizes: KernelTables) -> Result<Prepared, LoadErr
     let btf_functions =
         probes::all_functions().into_iter().filter(|f| layout.has_function(f)).map(str::to_owned).collect();
     let lazy_cookie = lazy_cookie(&release, layout.has_function("net_gen_cookie"));
+    // The fexit on the move function reads its return value after this many arguments:
+    // the function it attaches to is the first of the list the BTF has.
+    let move_fn_args =
+        probes::MOVE_FUNCTIONS.iter().find_map(|f| layout.parameter_count(f)).unwrap_or(0) as u32;
     // Two parses of the kernel BTF (tens of MiB each) must not be alive at once.
     drop(layout);
     let btf = Btf::parse_file(btf_path, Endianness::default())
         .map_err(|source| LoadError::Btf { path: btf_path.to_owned(), source })?;
     let kallsyms = host::kallsyms_functions(&probes::all_functions());
     let cleanup_net = kallsyms.get("cleanup_net").copied().unwrap_or(0);
-    let ebpf = load(&offsets, cleanup_net, lazy_cookie, &btf, sizes)?;
+    let ebpf = load(&offsets, cleanup_net, lazy_cookie, move_fn_args, &btf, sizes)?;
     Ok(Prepared {
         release,
         btf_path: btf_path.to_owned(),
@@ -114,6 +118,7 @@ fn load(
     offsets: &KernelOffsets,
     cleanup_net: u64,
     lazy_cookie: bool,
+    move_fn_args: u32,
     btf: &Btf,
     sizes: KernelTables,
 ) -> Result<Ebpf, LoadError> {
@@ -123,6 +128,7 @@ fn load(
         .override_global("CLEANUP_NET_ADDR", &cleanup_net, true)
         .override_global("ROUTE_TABLE_DETAIL", &u8::from(sizes.route_table_detail), true)
         .override_global("LAZY_COOKIE", &u8::from(lazy_cookie), true)
+        .override_global("MOVE_FN_ARGS", &move_fn_args, true)
         .map_max_entries("LIVE", sizes.kernel_namespaces)
         .map_max_entries("TEARDOWN_MARKERS", sizes.kernel_namespaces)
         .map_max_entries("NET_KEYS", sizes.kernel_namespaces)

@@ -324,7 +324,7 @@ static DEVICE_MOVE: ProbeSpec = ProbeSpec {
 
 /// `__dev_change_net_namespace` on 5.13+ (and 6.15+, where `dev_change_net_namespace` is
 /// out of line again but only wraps it); `dev_change_net_namespace` on 5.12 and older.
-const MOVE_FUNCTIONS: &[&str] = &["__dev_change_net_namespace", "dev_change_net_namespace"];
+pub const MOVE_FUNCTIONS: &[&str] = &["__dev_change_net_namespace", "dev_change_net_namespace"];
 
 const ROUTE_V4_FIELDS: &[&str] = &[
     "fib_table_id",
