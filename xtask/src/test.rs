@@ -481,16 +481,15 @@ fn vm_matrix(
                 .unwrap_or("?")
                 .trim_start_matches("vmlinuz-")
                 .to_owned();
-            let binaries: Vec<PathBuf> = binaries
-                .iter()
-                .filter(|b| kernel.tests.is_none_or(|tests| tests.iter().any(|t| test_file_is(b, t))))
-                .cloned()
-                .collect();
-            kernel.modes.iter().filter(|mode| wanted(only_modes, mode)).map(move |mode| VmJob {
+            kernel.cells.iter().filter(|cell| wanted(only_modes, cell.mode)).map(move |cell| VmJob {
                 kernel: image,
                 version: version.clone(),
-                mode,
-                binaries: binaries.clone(),
+                mode: cell.mode,
+                binaries: binaries
+                    .iter()
+                    .filter(|b| cell.tests.is_none_or(|tests| tests.iter().any(|t| test_file_is(b, t))))
+                    .cloned()
+                    .collect(),
             })
         })
         .collect();
