@@ -564,7 +564,7 @@ fn vm(job: &VmJob, agent: &Path, filter: Option<&str>) -> Tier {
         let vng = setup::vng().context("vng not found")?;
         let console = std::fs::File::create(dir.join("console.log"))?;
         // Software emulation (no KVM here): bounded so a hung guest cannot stall CI. The
-        // longest cells take about 36 minutes beside the other VMs and the host's tiers.
+        // longest cells took 39 minutes in a whole run, beside the other VMs and tiers.
         let status = Command::new("timeout")
             .args(["--signal=KILL", "3300"])
             .arg(vng)
