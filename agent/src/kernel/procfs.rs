@@ -110,13 +110,27 @@ pub struct MountWatch(tokio::io::unix::AsyncFd<std::fs::File>);
 impl MountWatch {
     /// Watches pid 1's mount table (the one `nsfs_mounts` reads first). Call inside a runtime.
     pub fn open(sources: &Sources) -> Option<Self> {
-        let file = std::fs::File::open(sources.proc_root.join("1").join("mountinfo")).ok()?;
-        // SAFETY: the File owns its descriptor, open until the AsyncFd (which owns the File)
-        // drops it, and as_raw_fd always returns that one descriptor.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::PRIORITY).ok()?
-        };
-        Some(Self(fd))
+        let path = sources.proc_root.join("1").join("mountinfo");
+        let watch = std::fs::File::open(&path).and_then(|file| {
+            // SAFETY: the File owns its descriptor, open until the AsyncFd (which owns the
+            // File) drops it, and as_raw_fd always returns that one descriptor.
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::PRIORITY) }
+                .map_err(std::io::Error::from)
+        });
+        match watch {
+            Ok(fd) => Some(Self(fd)),
+            Err(err) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    log::warn!(
+                        "cannot watch {} ({err}): names of netns files mounted after a namespace \
+                         appears come with the next periodic scan",
+                        path.display()
+                    )
+                });
+                None
+            }
+        }
     }
 
     /// Returns after the next change of the mount table.
