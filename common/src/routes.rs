@@ -134,6 +134,20 @@ pub struct RxSlot {
     pub task: u64,
 }
 
+/// The device transmits this CPU is inside (`XMIT_SLOT`, per-CPU). A device's transmit
+/// (`ndo_start_xmit`) looks routes up for the device, not for the task: a tunnel (vxlan,
+/// geneve, GRE, IPIP) looks up its underlay's route, in the namespace it was made in, from
+/// the sending task's context. A miss there has no device to place it, so it is unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmitSlot {
+    /// Transmits begun (`net_dev_start_xmit`) and not yet returned (`net_dev_xmit`): a
+    /// tunnel's transmit nests its underlay device's.
+    pub depth: u64,
+    /// The task that was current when the outermost began (the slot is only trusted for it).
+    pub task: u64,
+}
+
 /// Lookups in flight for kprobe mode (key: thread id): the arguments the return probe needs,
 /// as a small stack because a softirq can nest a lookup inside a task's lookup.
 #[repr(C)]
@@ -146,4 +160,4 @@ pub struct LookupFrames {
     pub frames: [[u64; 3]; 8],
 }
 
-crate::user_pod!(RouteKey, RouteCounts, RouteLine, RxSlot, LookupFrames, TableOwner);
+crate::user_pod!(RouteKey, RouteCounts, RouteLine, RxSlot, XmitSlot, LookupFrames, TableOwner);

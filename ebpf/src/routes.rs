@@ -35,7 +35,12 @@
 //!   `bpf_redirect_peer`) takes the packet over after that tracepoint, in another namespace
 //!   possibly, whose ifindex numbers are its own. An output lookup inside a receive (ICMP
 //!   errors, TCP resets) belongs to the receiving device's namespace too; outside, to the
-//!   current task's namespace.
+//!   current task's namespace;
+//! - an IPv4 output miss inside a device's transmit, any mode where the table's owner is not
+//!   known (`XMIT_SLOT`, set by `net_dev_start_xmit`, cleared by `net_dev_xmit`): unknown. A
+//!   tunnel (vxlan, geneve, GRE, IPIP) looks up its underlay's route there, in the namespace
+//!   the tunnel was made in, from whatever task is sending: neither that task's namespace
+//!   nor the device's.
 //!
 //! `fib_table_lookup(struct fib_table *, const struct flowi4 *, struct fib_result *, int)`
 //! returns 0, -EAGAIN (no match in this table), or the error of the matched route type.
@@ -57,7 +62,7 @@ use netns_agent_common::{
     offsets::UNKNOWN,
     routes::{
         LookupFrames, ROUTE_LINES, RouteCounts, RouteKey, RouteLine, RxSlot, TableOwner, UNKNOWN_NETNS,
-        family, kind, result, route_line, table,
+        XmitSlot, family, kind, result, route_line, table,
     },
 };
 
@@ -92,6 +97,11 @@ static ROUTE_KEYS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The device whose packet this CPU is receiving (tracepoint mode).
 #[map]
 static RX_SLOT: PerCpuArray<RxSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// The device transmits this CPU is inside (every mode): an output miss there is a device's
+/// (a tunnel's underlay), not the task's.
+#[map]
+static XMIT_SLOT: PerCpuArray<XmitSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// The table whose owner this CPU last confirmed from a hit (fentry/kprobe): hits in the same
 /// table skip the owner hash, whose lookup would otherwise cost every hit.
@@ -297,10 +307,94 @@ fn tracepoint_miss_net(flp: u64) -> u64 {
         }
         return 0;
     }
+    if in_device_xmit() {
+        // A device's own lookup (a tunnel's underlay route): neither the receiving device's
+        // namespace nor the task's.
+        return 0;
+    }
     if rx_dev != 0 {
         return dev_net::<Probe>(rx_dev);
     }
     current_net().unwrap_or(0)
+}
+
+/// Whether the current task is inside a device's transmit on this CPU.
+#[inline(always)]
+fn in_device_xmit() -> bool {
+    // SAFETY: bpf_get_current_task only returns a pointer value.
+    let task = unsafe { bpf_get_current_task() };
+    matches!(XMIT_SLOT.get(0), Some(slot) if slot.depth != 0 && slot.task == task)
+}
+
+/// A device's transmit begins (`xmit_one`, before `ndo_start_xmit`). Transmits run with
+/// bottom halves off, so one task at a time is inside them on a CPU (on PREEMPT_RT too: there
+/// disabling bottom halves takes a per-CPU lock and pins the task); nested ones (a tunnel
+/// sending on its underlay device) stack.
+#[inline(always)]
+fn xmit_begin() {
+    if let Some(slot) = XMIT_SLOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the helper only returns a pointer value.
+        unsafe {
+            let task = bpf_get_current_task();
+            if (*slot).depth == 0 || (*slot).task != task {
+                // Another task's transmit cannot still be running on this CPU: a stale depth
+                // (a return this program missed) starts over.
+                *slot = XmitSlot { depth: 1, task };
+            } else if (*slot).depth < 16 {
+                (*slot).depth += 1;
+            }
+        }
+    }
+}
+
+/// That transmit returned (`net_dev_xmit`, right after `ndo_start_xmit`).
+#[inline(always)]
+fn xmit_end() {
+    if let Some(slot) = XMIT_SLOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            if (*slot).depth != 0 {
+                (*slot).depth -= 1;
+            }
+        }
+    }
+}
+
+// One pair per mode: a program belongs to one variant of the probe registry.
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn routes_xmit_begin(_ctx: BtfTracePointContext) -> u32 {
+    xmit_begin();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn routes_xmit_end(_ctx: BtfTracePointContext) -> u32 {
+    xmit_end();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn routes_xmit_begin_fentry(_ctx: BtfTracePointContext) -> u32 {
+    xmit_begin();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn routes_xmit_end_fentry(_ctx: BtfTracePointContext) -> u32 {
+    xmit_end();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn routes_xmit_begin_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    xmit_begin();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn routes_xmit_end_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    xmit_end();
+    0
 }
 
 /// Counts an IPv4 table lookup of `net`, read through `M`.
@@ -394,9 +488,14 @@ fn v4_returned<M: Mem>(tb: u64, flp: u64, res: u64, err: i32) {
         owner.net
     } else {
         // A table that never hit: an output lookup (iif loopback) runs for the caller's own
-        // socket in process context; an input lookup cannot be placed.
+        // socket in process context, unless a device's transmit makes it (a tunnel's
+        // underlay); an input lookup cannot be placed.
         let iif: i32 = M::get(flp, offset!(flowi4_iif)).unwrap_or(0);
-        if iif == 0 || iif == LOOPBACK_IFINDEX { current_net().unwrap_or(0) } else { 0 }
+        if (iif == 0 || iif == LOOPBACK_IFINDEX) && !in_device_xmit() {
+            current_net().unwrap_or(0)
+        } else {
+            0
+        }
     };
     v4_lookup::<Probe>(net, tb_id, err, true);
 }
