@@ -15,15 +15,22 @@ use std::{
 use netns_agent_common::limits;
 use serde::Deserialize;
 
-use crate::kernel::{attach::Policy, loader::KernelTables, probes::Mode, procfs::Sources};
+use crate::kernel::{
+    attach::Policy,
+    loader::KernelTables,
+    probes::{Mode, PROBES},
+    procfs::Sources,
+};
 
 /// A setting's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefaultValue {
     Number(u64),
     Text(&'static str),
-    /// Unset unless given.
-    Unset,
+    /// Unset unless given; the example config shows this value.
+    Unset(&'static str),
+    /// An empty list.
+    EmptyList,
 }
 
 /// One setting of the config file.
@@ -61,15 +68,24 @@ pub const KEYS: &[Key] = &[
         DefaultValue::Text("auto"),
         "auto (each probe takes its best working mode), fentry, kprobe or tracepoint (every probe in that mode or detached).",
     ),
+    text(
+        "disabled_probes",
+        DefaultValue::EmptyList,
+        "Probes to leave detached, by name as `netns-agent check` lists them (e.g. [\"route_lookup_ipv6\"]): their metrics stay absent; without netns_destroy the periodic inventory finds teardowns, without netns_cleanup no teardown shows as dying.",
+    ),
     text("btf", DefaultValue::Text("/sys/kernel/btf/vmlinux"), "Kernel BTF to read structure offsets from."),
     text("web_telemetry_path", DefaultValue::Text("/metrics"), "Path of the Prometheus exposition."),
     text(
         "web_config_file",
-        DefaultValue::Unset,
+        DefaultValue::Unset("/etc/netns-agent/web-config.yml"),
         "TLS and basic authentication for every path served, in the exporter toolkit's web config format (as node_exporter's --web.config.file).",
     ),
     text("web_disable_api", DefaultValue::Text("false"), "true: serve /metrics only, not the JSON API."),
-    text("events_file", DefaultValue::Unset, "Also append the journal to this file as JSON lines."),
+    text(
+        "events_file",
+        DefaultValue::Unset("/var/log/netns-agent/events.jsonl"),
+        "Also append the journal to this file as JSON lines.",
+    ),
     number(
         "events_file_max_bytes",
         16 << 20,
@@ -232,6 +248,7 @@ pub struct FileLimits {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub attach: Option<AttachArg>,
+    pub disabled_probes: Option<Vec<String>>,
     pub btf: Option<PathBuf>,
     pub web_telemetry_path: Option<String>,
     pub web_config_file: Option<PathBuf>,
@@ -280,6 +297,8 @@ pub struct Settings {
     pub web_config_file: Option<PathBuf>,
     pub web_disable_api: bool,
     pub attach: Policy,
+    /// Probes left detached on purpose (names from the probe registry).
+    pub disabled_probes: Vec<&'static str>,
     pub btf: PathBuf,
     pub limits: Limits,
     pub inventory_interval: Duration,
@@ -349,6 +368,27 @@ fn checked(name: &'static str, value: Option<u64>) -> Result<u64, ConfigError> {
     Ok(value)
 }
 
+/// Probe names, each checked against the probe registry.
+fn probe_names(names: Option<Vec<String>>) -> Result<Vec<&'static str>, ConfigError> {
+    let mut out = Vec::new();
+    for name in names.unwrap_or_default() {
+        let Some(probe) = PROBES.iter().find(|p| p.name == name) else {
+            return Err(ConfigError::Invalid {
+                name: "disabled_probes",
+                value: format!("{name:?}"),
+                expected: format!(
+                    "probe names from `netns-agent check`: {}",
+                    PROBES.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        if !out.contains(&probe.name) {
+            out.push(probe.name);
+        }
+    }
+    Ok(out)
+}
+
 /// Durations are whole seconds in `*_seconds` keys, as Prometheus exporters name them, checked
 /// against the registry's range: not humantime-serde strings ("30s"), whose serde errors do not
 /// name the key's range and would change the file format.
@@ -401,6 +441,7 @@ impl Settings {
             web_config_file: flags.web_config_file.or(file.web_config_file),
             web_disable_api: flags.web_disable_api || file.web_disable_api.unwrap_or(false),
             attach: flags.attach.or(file.attach).unwrap_or(AttachArg::Auto).policy(),
+            disabled_probes: probe_names(file.disabled_probes)?,
             btf: flags.btf.or(file.btf).unwrap_or_else(|| PathBuf::from(default_text("btf"))),
             limits,
             inventory_interval: seconds("inventory_interval_seconds", file.inventory_interval_seconds)?,
@@ -455,6 +496,7 @@ type Show = fn(&Settings) -> String;
 const SHOWN: &[(&str, bool, Show)] = &[
     ("listen", false, |s| s.listen.to_string()),
     ("attach", false, |s| format!("{:?}", s.attach)),
+    ("disabled_probes", false, |s| format!("{:?}", s.disabled_probes)),
     ("btf", false, |s| s.btf.display().to_string()),
     ("web_telemetry_path", false, |s| s.telemetry_path.clone()),
     ("web_config_file", false, |s| format!("{:?}", s.web_config_file)),
@@ -492,7 +534,8 @@ fn default_text_of(key: &Key) -> String {
         DefaultValue::Number(n) => n.to_string(),
         DefaultValue::Text(t @ ("true" | "false")) => t.to_owned(),
         DefaultValue::Text(t) => format!("{t:?}"),
-        DefaultValue::Unset => "unset".to_owned(),
+        DefaultValue::Unset(_) => "unset".to_owned(),
+        DefaultValue::EmptyList => "[]".to_owned(),
     }
 }
 
@@ -527,9 +570,7 @@ pub fn example_config() -> String {
         let range = key.range.map(|(min, max)| format!(" ({min} to {max})")).unwrap_or_default();
         out.push_str(&format!("\n# {}{range}\n", key.help));
         match key.default {
-            DefaultValue::Unset => {
-                out.push_str(&format!("# {name} = \"/var/log/netns-agent/events.jsonl\"\n"))
-            }
+            DefaultValue::Unset(example) => out.push_str(&format!("# {name} = {example:?}\n")),
             _ => out.push_str(&format!("# {name} = {}\n", default_text_of(key))),
         }
     }
@@ -544,7 +585,8 @@ pub fn markdown_table() -> String {
         let default = match key.default {
             DefaultValue::Number(n) => n.to_string(),
             DefaultValue::Text(t) => format!("`{t}`"),
-            DefaultValue::Unset => "unset".into(),
+            DefaultValue::Unset(_) => "unset".into(),
+            DefaultValue::EmptyList => "`[]`".into(),
         };
         out.push_str(&format!(
             "| `{}` | {default} | {range} | {} |\n",
@@ -686,6 +728,16 @@ mod tests {
         let err = parse("attach = \"magic\"\n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         assert!(resolve("series_grace_seconds = 0\n").is_ok(), "a grace of 0 drops series at once");
+        let err = resolve("disabled_probes = [\"route_lookups\"]\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("bad setting disabled_probes = \"route_lookups\": allowed probe names")
+                && err.contains("route_lookup_ipv4"),
+            "{err}"
+        );
+        let s = resolve("disabled_probes = [\"netns_destroy\", \"route_lookup_ipv6\", \"netns_destroy\"]\n")
+            .unwrap();
+        assert_eq!(s.disabled_probes, ["netns_destroy", "route_lookup_ipv6"]);
+        assert!(resolve("").unwrap().disabled_probes.is_empty());
     }
 
     /// The committed copies of the registry: the example config and the README's table.

@@ -22,7 +22,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
     let Prepared { release, btf_path, btf_functions, fields, btf, mut ebpf, kallsyms, lazy_cookie } =
         loader::prepare(&settings.btf, settings.limits.maps)?;
     let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
-    let outcomes = attach::attach_all(&mut ebpf, &kernel, Policy::Auto, true);
+    let outcomes = attach::attach_all(&mut ebpf, &kernel, Policy::Auto, &[], true);
 
     let mut out = String::new();
     let resolved = fields.iter().filter(|f| f.found.is_some()).count();

@@ -69,6 +69,7 @@ pub fn outcome_line(outcome: &ProbeOutcome) -> String {
         .collect();
     let head = match outcome.attached {
         Some(mode) => format!("probe {}: attached ({mode})", outcome.probe.name),
+        None if outcome.disabled => format!("probe {}: disabled (disabled_probes)", outcome.probe.name),
         None => format!("probe {}: NOT attached", outcome.probe.name),
     };
     if failures.is_empty() { head } else { format!("{head}; {}", failures.join("; ")) }
@@ -192,13 +193,13 @@ async fn start(settings: &Settings) -> Result<Started, DaemonError> {
     );
     let outcomes = {
         let kernel = KernelView::new(&btf, &btf_functions, &fields, kallsyms);
-        attach::attach_all(&mut ebpf, &kernel, settings.attach, false)
+        attach::attach_all(&mut ebpf, &kernel, settings.attach, &settings.disabled_probes, false)
     };
     // The parsed kernel BTF (tens of MiB) is only needed to load and attach.
     drop((btf, btf_functions, fields));
     host::trim_heap();
     for outcome in &outcomes {
-        if outcome.attached.is_some() {
+        if outcome.attached.is_some() || outcome.disabled {
             log::info!("{}", outcome_line(outcome));
         } else {
             log::warn!("{}", outcome_line(outcome));
@@ -262,8 +263,11 @@ async fn serve(started: Started, settings: Settings, reload: Reload) -> Result<(
         facts: AgentFacts {
             version: env!("CARGO_PKG_VERSION"),
             kernel: release,
+            // A probe disabled on purpose has no series: the detached-probe alert is for
+            // probes that failed.
             probes: outcomes
                 .iter()
+                .filter(|o| !o.disabled)
                 .map(|o| ProbeStatus {
                     name: o.probe.name,
                     attached: o.attached.map(|m| m.as_str()),

@@ -31,6 +31,8 @@ pub struct ProbeOutcome {
     pub probe: &'static ProbeSpec,
     /// The mode that attached, if any.
     pub attached: Option<Mode>,
+    /// Left detached on purpose (the `disabled_probes` setting): nothing was tried.
+    pub disabled: bool,
     /// Every mode tried, with the reason it failed.
     pub attempts: Vec<(Mode, Result<(), String>)>,
 }
@@ -66,18 +68,23 @@ impl<'a> KernelView<'a> {
     }
 }
 
-/// Attaches every probe under `policy`. With `try_all`, every variant is tried even after
-/// one attached (`check` uses this to report each mode).
+/// Attaches every probe under `policy` but those `disabled`. With `try_all`, every variant is
+/// tried even after one attached (`check` uses this to report each mode).
 pub fn attach_all(
     ebpf: &mut Ebpf,
     kernel: &KernelView<'_>,
     policy: Policy,
+    disabled: &[&str],
     try_all: bool,
 ) -> Vec<ProbeOutcome> {
     PROBES
         .iter()
         .map(|probe| {
-            let mut outcome = ProbeOutcome { probe, attached: None, attempts: Vec::new() };
+            let disabled = disabled.contains(&probe.name);
+            let mut outcome = ProbeOutcome { probe, attached: None, disabled, attempts: Vec::new() };
+            if disabled {
+                return outcome;
+            }
             for variant in probe.variants {
                 if let Policy::Force(mode) = policy
                     && variant.mode != mode
