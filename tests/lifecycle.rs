@@ -566,3 +566,92 @@ fn the_kernel_sides_cost_and_memory_are_exported() -> Result<()> {
     );
     Ok(())
 }
+
+/// With the teardown probe disabled (`disabled_probes`), the periodic inventory walk is the
+/// only thing that sees teardowns: every namespace the test deletes is destroyed exactly once
+/// (one journal event, and no more after later walks), every teardown the agent counts meanwhile
+/// is a reconciled one (the two host-wide counters move together, whoever else's namespaces
+/// die), and a config reload that restarts the walking task adds no count.
+#[test]
+fn teardowns_only_the_inventory_sees_are_counted_once_each() -> Result<()> {
+    const M: usize = 12;
+    let path = std::env::temp_dir().join(format!("netns-agent-reconcile-{}.toml", std::process::id()));
+    let config = |interval: u32| {
+        format!("disabled_probes = [\"netns_destroy\"]\ninventory_interval_seconds = {interval}\n")
+    };
+    std::fs::write(&path, config(1))?;
+    let agent = Agent::start_with(&["--attach", &mode(), "--config", path.to_str().unwrap_or_default()])?;
+    ensure!(
+        agent.log_text().contains("probe netns_destroy: disabled (disabled_probes)"),
+        "the log does not say the probe is disabled:\n{}",
+        agent.log_text()
+    );
+    ensure!(
+        !registered_probes(&agent.scrape()?).contains("netns_destroy"),
+        "a disabled probe has netns_agent_probe_attached series"
+    );
+    let comm = unique_comm("rec");
+    let since = agent.last_seq()?;
+    let named: Vec<NamedNetns> = (0..M).map(|_| named_as(&comm, "rec")).collect::<Result<_>>()?;
+    let ours = inodes(&events_of(&wait_created(&agent, since, &comm, M)?, "netns_created", &comm));
+    ensure!(ours.len() == M, "{} of {M} creations in the journal", ours.len());
+    let counters = |m: &Metrics| -> Result<(f64, f64)> {
+        Ok((m.value("netns_destroyed_total", &[])?, m.value("netns_agent_reconciled_total", &[])?))
+    };
+    let (destroyed0, reconciled0) = counters(&agent.scrape()?)?;
+
+    for ns in named {
+        ns.delete()?;
+    }
+    // A reload as the teardowns begin restarts the task that walks (a walk under way
+    // finishes first: walks hold the lock across walk and reconciliation).
+    std::fs::write(&path, config(2))?;
+    let status = std::process::Command::new("kill").args(["-HUP", &agent.pid().to_string()]).status()?;
+    ensure!(status.success(), "kill -HUP {}", agent.pid());
+    let destroyed_events = |events: &[Value]| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "netns_destroyed")
+            .filter_map(|e| e["netns"].as_u64())
+            .filter(|inode| ours.contains(inode))
+            .collect()
+    };
+    wait_for(&format!("the {M} teardowns in the journal"), TEARDOWN * 2, || {
+        let seen: BTreeSet<u64> = destroyed_events(&agent.events_since(since)?.0).into_iter().collect();
+        Ok((seen.len() == M).then_some(()))
+    })?;
+    ensure!(
+        agent.log_text().contains("inventory_interval_seconds 1 -> 2"),
+        "the reload did not apply:\n{}",
+        agent.log_text()
+    );
+
+    // Later walks find nothing more of ours: a marker namespace deleted now is found gone by a
+    // walk that starts after every one of ours was.
+    let marker = named_as(&comm, "recm")?;
+    let marker_inode = marker.inode()?;
+    marker.delete()?;
+    wait_for("a later walk's teardown of the marker", TEARDOWN * 2, || {
+        let (events, _) = agent.events_since(since)?;
+        Ok(events
+            .iter()
+            .any(|e| e["kind"] == "netns_destroyed" && e["netns"].as_u64() == Some(marker_inode))
+            .then_some(()))
+    })?;
+    let ours_destroyed = destroyed_events(&agent.events_since(since)?.0);
+    ensure!(
+        ours_destroyed.len() == M,
+        "{} teardown events for the {M} namespaces (each once): {ours_destroyed:?}",
+        ours_destroyed.len()
+    );
+    // Host-wide: every teardown counted in this time was reconciled. Both counters move in the
+    // same kernel call, so a scrape between the two adds may show them one apart: wait.
+    let mut last = String::new();
+    wait_for("destroyed and reconciled to move together", Duration::from_secs(10), || {
+        let (destroyed, reconciled) = counters(&agent.scrape()?)?;
+        let (d, r) = (destroyed - destroyed0, reconciled - reconciled0);
+        last = format!("destroyed +{d}, reconciled +{r}");
+        Ok((d == r && r >= (M + 1) as f64).then_some(()))
+    })
+    .with_context(|| last.clone())
+}
