@@ -1281,3 +1281,156 @@ impl Drop for ContainerCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Holds the kernel's RTNL lock until dropped, which stalls every namespace teardown
+/// (`cleanup_net` takes RTNL to unregister the devices) the way a leaked device reference
+/// does: a stuck teardown made on purpose, and ended on purpose.
+///
+/// How: an ethtool request (`SIOCETHTOOL`, `ETHTOOL_GLINK`) runs under RTNL and copies its
+/// answer to user memory there (`ETHTOOL_GDRVINFO`'s is copied after RTNL is released). The
+/// answer's page is registered with userfaultfd and left missing, so the copy waits, RTNL
+/// held, until this holder fills the page. The command word sits at the end of the page
+/// before, which the kernel reads before taking the lock. The fault arriving proves the lock
+/// is held. If the process dies instead, closing the userfaultfd fails the copy and RTNL is
+/// released. Needs root (CAP_SYS_PTRACE: the fault is the kernel's) and a device with a link
+/// state (a veth) in namespace `ns`.
+pub struct RtnlHold {
+    uffd: std::os::fd::OwnedFd,
+    page: usize,
+    waiter: Option<thread::JoinHandle<()>>,
+}
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+// include/uapi/linux/userfaultfd.h, ethtool.h, sockios.h.
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GLINK: u32 = 0xa;
+const PAGE: usize = 4096;
+
+impl RtnlHold {
+    /// Takes RTNL through an ethtool request on `device` in namespace `ns`; returns once the
+    /// request is waiting with the lock held (bounded: an error if it never waits).
+    pub fn take(ns: &str, device: &str) -> Result<Self> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        // SAFETY: plain syscalls on values this function owns; each result is checked.
+        let (uffd, page) = unsafe {
+            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK);
+            if fd < 0 {
+                bail!("userfaultfd: {} (needs root with CAP_SYS_PTRACE)", std::io::Error::last_os_error());
+            }
+            let uffd = OwnedFd::from_raw_fd(fd as i32);
+            let mut api = UffdioApi { api: UFFD_API, features: 0, ioctls: 0 };
+            if libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api) != 0 {
+                bail!("UFFDIO_API: {}", std::io::Error::last_os_error());
+            }
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                bail!("mmap: {}", std::io::Error::last_os_error());
+            }
+            let map = map as usize;
+            // The command word, last in the first page (which this write populates).
+            std::ptr::write((map + PAGE - 4) as *mut u32, ETHTOOL_GLINK);
+            let mut reg = UffdioRegister {
+                range: UffdioRange { start: (map + PAGE) as u64, len: PAGE as u64 },
+                mode: UFFDIO_REGISTER_MODE_MISSING,
+                ioctls: 0,
+            };
+            if libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) != 0 {
+                bail!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error());
+            }
+            (uffd, map)
+        };
+        let socket = in_netns(ns, || Ok(std::net::UdpSocket::bind("0.0.0.0:0")?))?;
+        let name = device.to_owned();
+        let waiter = thread::spawn(move || {
+            // SAFETY: a zeroed ifreq is valid; the name fits with its NUL (checked by the
+            // kernel's lookup failing otherwise); the data pointer is this process's mapping,
+            // which outlives the request (unmapped only after the thread is joined).
+            unsafe {
+                let mut req: libc::ifreq = std::mem::zeroed();
+                for (dst, src) in req.ifr_name.iter_mut().take(15).zip(name.bytes()) {
+                    *dst = src as libc::c_char;
+                }
+                req.ifr_ifru.ifru_data = (page + PAGE - 4) as *mut libc::c_char;
+                libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut req);
+            }
+        });
+        let hold = Self { uffd, page, waiter: Some(waiter) };
+        // The fault: the request is inside the copy, under the lock.
+        let mut pfd = libc::pollfd { fd: hold.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll and read on the fd we own, into a buffer of the message's size.
+        let event = unsafe {
+            if libc::poll(&mut pfd, 1, 10_000 * slowdown() as i32) != 1 {
+                bail!("the ethtool request on {device} never waited on its answer's page: RTNL not held");
+            }
+            let mut msg = [0u8; 32];
+            if libc::read(hold.uffd.as_raw_fd(), msg.as_mut_ptr().cast(), msg.len()) != 32 {
+                bail!("reading the userfaultfd message: {}", std::io::Error::last_os_error());
+            }
+            msg[0]
+        };
+        ensure!(event == UFFD_EVENT_PAGEFAULT, "userfaultfd event {event:#x}, not a page fault");
+        Ok(hold)
+    }
+}
+
+impl Drop for RtnlHold {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        let mut zero = UffdioZeropage {
+            range: UffdioRange { start: (self.page + PAGE) as u64, len: PAGE as u64 },
+            mode: 0,
+            zeropage: 0,
+        };
+        // SAFETY: fills the registered page, which wakes the request; the mapping is ours and
+        // is unmapped once the request's thread has returned.
+        unsafe {
+            libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut zero);
+        }
+        if let Some(waiter) = self.waiter.take() {
+            let _ = waiter.join();
+        }
+        // SAFETY: our two-page mapping; nothing uses it any more.
+        unsafe {
+            libc::munmap(self.page as *mut libc::c_void, 2 * PAGE);
+        }
+    }
+}

@@ -9,8 +9,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use netns_agent_e2e::{
-    Agent, Metrics, NamedNetns, clone_newnet, events_of, loaded_program_ids, mode, run_as, set_thread_comm,
-    slowdown, teardowns, torn_down, unique, unique_comm, wait_for,
+    Agent, Metrics, NamedNetns, RtnlHold, clone_newnet, events_of, loaded_program_ids, mode, run_as,
+    set_thread_comm, slowdown, teardowns, torn_down, unique, unique_comm, wait_for,
 };
 use serde_json::Value;
 
@@ -654,4 +654,60 @@ fn teardowns_only_the_inventory_sees_are_counted_once_each() -> Result<()> {
         Ok((d == r && r >= (M + 1) as f64).then_some(()))
     })
     .with_context(|| last.clone())
+}
+
+/// A teardown that cannot finish (here: RTNL held, which `cleanup_net` needs to unregister
+/// devices, as a leaked device reference would stall it) shows as `dying` once it has waited
+/// `dying_after_seconds`, in the namespaces API and in the series the NetnsTeardownStuck alert
+/// reads; once it finishes the namespace is gone, its teardown counted once.
+#[test]
+fn a_stuck_teardown_shows_as_dying_until_it_finishes() -> Result<()> {
+    let agent = Agent::start_with_config("dying_after_seconds = 1\ninventory_interval_seconds = 1\n")?;
+    // Where the ethtool request that holds RTNL is made: a veth (its driver answers it).
+    let holder = NamedNetns::add("stkh")?;
+    netns_agent_e2e::run(
+        "ip",
+        &["-n", &holder.name, "link", "add", "stk0", "type", "veth", "peer", "name", "stk1"],
+    )?;
+    let comm = unique_comm("stuck");
+    let since = agent.last_seq()?;
+    let victim = named_as(&comm, "stuck")?;
+    let inode = victim.inode()?;
+    wait_created(&agent, since, &comm, 1)?;
+    // Kept by an fd while its mount goes: nothing the test does once RTNL is held needs RTNL.
+    let last_reference = std::fs::File::open(format!("/run/netns/{}", victim.name))?;
+    victim.delete()?;
+    let hold = RtnlHold::take(&holder.name, "stk0")?;
+    drop(last_reference);
+
+    let state = |agent: &Agent| -> Result<Option<String>> {
+        Ok(agent
+            .namespaces()?
+            .into_iter()
+            .find(|ns| ns["netns"] == inode)
+            .map(|ns| ns["state"].as_str().unwrap_or_default().to_owned()))
+    };
+    wait_for("the stuck teardown to show as dying", Duration::from_secs(20), || {
+        Ok((state(&agent)?.as_deref() == Some("dying")).then_some(()))
+    })?;
+    let m = agent.scrape()?;
+    let dying = m.value("netns_namespaces", &[("state", "dying")])?;
+    ensure!(dying >= 1.0, "netns_namespaces{{state=\"dying\"}} {dying} with ours dying");
+    let number = inode.to_string();
+    ensure!(
+        m.series("netns_leak_info").iter().any(|l| l["netns"] == number && l["state"] == "dying"),
+        "no netns_leak_info series for the dying namespace {inode}"
+    );
+
+    drop(hold);
+    wait_for("the teardown to finish", TEARDOWN, || {
+        Ok(matches!(state(&agent)?.as_deref(), None | Some("gone")).then_some(()))
+    })?;
+    let (events, _) = agent.events_since(since)?;
+    let teardowns = events
+        .iter()
+        .filter(|e| e["kind"] == "netns_destroyed" && e["netns"].as_u64() == Some(inode))
+        .count();
+    ensure!(teardowns == 1, "{teardowns} teardown events for the namespace (once)");
+    Ok(())
 }
