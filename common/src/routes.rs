@@ -134,17 +134,20 @@ pub struct RxSlot {
     pub task: u64,
 }
 
-/// The device transmits this CPU is inside (`XMIT_SLOT`, per-CPU). A device's transmit
-/// (`ndo_start_xmit`) looks routes up for the device, not for the task: a tunnel (vxlan,
-/// geneve, GRE, IPIP) looks up its underlay's route, in the namespace it was made in, from
-/// the sending task's context. A miss there has no device to place it, so it is unknown.
+/// A per-CPU note that task `task` is inside `depth` nested sections of one kind: a
+/// device's transmit (`XMIT_SLOT`), or a softirq (`SOFTIRQ_SLOT`). Lookups made there are
+/// not the task's own: a device's transmit (`ndo_start_xmit`) looks routes up for the
+/// device (a tunnel, vxlan, geneve, GRE or IPIP, looks up its underlay's route, in the
+/// namespace it was made in), and a softirq (a TCP retransmit timer, a packet's receive)
+/// runs for whatever socket or packet it serves while an unrelated task is current. A miss
+/// there has no device to place it, so it is unknown unless its table's owner is known.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct XmitSlot {
-    /// Transmits begun (`net_dev_start_xmit`) and not yet returned (`net_dev_xmit`): a
-    /// tunnel's transmit nests its underlay device's.
+pub struct NestSlot {
+    /// Sections begun and not yet ended: transmits nest (a tunnel's transmit holds its
+    /// underlay device's); softirqs do not (0 or 1).
     pub depth: u64,
-    /// The task that was current when the outermost began (the slot is only trusted for it).
+    /// The task that was current when the outermost began (the note is only trusted for it).
     pub task: u64,
 }
 
@@ -160,4 +163,4 @@ pub struct LookupFrames {
     pub frames: [[u64; 3]; 8],
 }
 
-crate::user_pod!(RouteKey, RouteCounts, RouteLine, RxSlot, XmitSlot, LookupFrames, TableOwner);
+crate::user_pod!(RouteKey, RouteCounts, RouteLine, RxSlot, NestSlot, LookupFrames, TableOwner);

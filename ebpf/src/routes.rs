@@ -36,11 +36,13 @@
 //!   possibly, whose ifindex numbers are its own. An output lookup inside a receive (ICMP
 //!   errors, TCP resets) belongs to the receiving device's namespace too; outside, to the
 //!   current task's namespace;
-//! - an IPv4 output miss inside a device's transmit, any mode where the table's owner is not
-//!   known (`XMIT_SLOT`, set by `net_dev_start_xmit`, cleared by `net_dev_xmit`): unknown. A
-//!   tunnel (vxlan, geneve, GRE, IPIP) looks up its underlay's route there, in the namespace
-//!   the tunnel was made in, from whatever task is sending: neither that task's namespace
-//!   nor the device's.
+//! - an IPv4 output miss where the table's owner is not known, inside a device's transmit
+//!   (`XMIT_SLOT`, set by `net_dev_start_xmit`, cleared by `net_dev_xmit`) or a softirq
+//!   (`SOFTIRQ_SLOT`, `softirq_entry` to `softirq_exit`) other than inside a receive the
+//!   tracepoint mode follows: unknown. A tunnel (vxlan, geneve, GRE, IPIP) looks up its
+//!   underlay's route in a transmit, in the namespace the tunnel was made in, from whatever
+//!   task is sending; a softirq (a TCP retransmit timer) serves a socket of any namespace
+//!   while an unrelated task is current.
 //!
 //! `fib_table_lookup(struct fib_table *, const struct flowi4 *, struct fib_result *, int)`
 //! returns 0, -EAGAIN (no match in this table), or the error of the matched route type.
@@ -61,8 +63,8 @@ use netns_agent_common::{
     limits::{IN_FLIGHT, ROUTE_KEYS},
     offsets::UNKNOWN,
     routes::{
-        LookupFrames, ROUTE_LINES, RouteCounts, RouteKey, RouteLine, RxSlot, TableOwner, UNKNOWN_NETNS,
-        XmitSlot, family, kind, result, route_line, table,
+        LookupFrames, NestSlot, ROUTE_LINES, RouteCounts, RouteKey, RouteLine, RxSlot, TableOwner,
+        UNKNOWN_NETNS, family, kind, result, route_line, table,
     },
 };
 
@@ -101,7 +103,12 @@ static RX_SLOT: PerCpuArray<RxSlot> = PerCpuArray::with_max_entries(1, 0);
 /// The device transmits this CPU is inside (every mode): an output miss there is a device's
 /// (a tunnel's underlay), not the task's.
 #[map]
-static XMIT_SLOT: PerCpuArray<XmitSlot> = PerCpuArray::with_max_entries(1, 0);
+static XMIT_SLOT: PerCpuArray<NestSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// The softirq this CPU is running (every mode): an output miss there (a TCP retransmit
+/// timer's, an ICMP error's) is a socket's or a packet's, not the interrupted task's.
+#[map]
+static SOFTIRQ_SLOT: PerCpuArray<NestSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// The table whose owner this CPU last confirmed from a hit (fentry/kprobe): hits in the same
 /// table skip the owner hash, whose lookup would otherwise cost every hit.
@@ -307,7 +314,7 @@ fn tracepoint_miss_net(flp: u64) -> u64 {
         }
         return 0;
     }
-    if in_device_xmit() {
+    if in_nest(&XMIT_SLOT) {
         // A device's own lookup (a tunnel's underlay route): neither the receiving device's
         // namespace nor the task's.
         return 0;
@@ -315,15 +322,26 @@ fn tracepoint_miss_net(flp: u64) -> u64 {
     if rx_dev != 0 {
         return dev_net::<Probe>(rx_dev);
     }
+    if in_nest(&SOFTIRQ_SLOT) {
+        // A softirq outside a receive (a retransmit timer): not the interrupted task's.
+        return 0;
+    }
     current_net().unwrap_or(0)
 }
 
-/// Whether the current task is inside a device's transmit on this CPU.
+/// Whether the current task is inside a section `slot` notes on this CPU.
 #[inline(always)]
-fn in_device_xmit() -> bool {
+fn in_nest(slot: &PerCpuArray<NestSlot>) -> bool {
     // SAFETY: bpf_get_current_task only returns a pointer value.
     let task = unsafe { bpf_get_current_task() };
-    matches!(XMIT_SLOT.get(0), Some(slot) if slot.depth != 0 && slot.task == task)
+    matches!(slot.get(0), Some(s) if s.depth != 0 && s.task == task)
+}
+
+/// Whether a lookup now is made for something other than the current task: inside a
+/// device's transmit or a softirq.
+#[inline(always)]
+fn on_behalf_of_another() -> bool {
+    in_nest(&XMIT_SLOT) || in_nest(&SOFTIRQ_SLOT)
 }
 
 /// A device's transmit begins (`xmit_one`, before `ndo_start_xmit`). Transmits run with
@@ -339,7 +357,7 @@ fn xmit_begin() {
             if (*slot).depth == 0 || (*slot).task != task {
                 // Another task's transmit cannot still be running on this CPU: a stale depth
                 // (a return this program missed) starts over.
-                *slot = XmitSlot { depth: 1, task };
+                *slot = NestSlot { depth: 1, task };
             } else if (*slot).depth < 16 {
                 (*slot).depth += 1;
             }
@@ -453,6 +471,56 @@ pub fn routes_rx_end(ctx: BtfTracePointContext) -> u32 {
         // SAFETY: this CPU's slot.
         unsafe { (*slot).skb = 0 };
     }
+    softirq_end();
+    0
+}
+
+/// A softirq handler begins on this CPU. Softirqs do not nest on a CPU; on PREEMPT_RT they
+/// run in threads, one at a time per CPU (a per-CPU lock), which the task check follows.
+#[inline(always)]
+fn softirq_begin() {
+    if let Some(slot) = SOFTIRQ_SLOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the helper only returns a pointer value.
+        unsafe { *slot = NestSlot { depth: 1, task: bpf_get_current_task() } };
+    }
+}
+
+/// That handler returned.
+#[inline(always)]
+fn softirq_end() {
+    if let Some(slot) = SOFTIRQ_SLOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { (*slot).depth = 0 };
+    }
+}
+
+#[btf_tracepoint(function = "softirq_entry")]
+pub fn routes_softirq_begin(_ctx: BtfTracePointContext) -> u32 {
+    softirq_begin();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_entry")]
+pub fn routes_softirq_begin_fentry(_ctx: BtfTracePointContext) -> u32 {
+    softirq_begin();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_exit")]
+pub fn routes_softirq_end_fentry(_ctx: BtfTracePointContext) -> u32 {
+    softirq_end();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_entry")]
+pub fn routes_softirq_begin_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    softirq_begin();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_exit")]
+pub fn routes_softirq_end_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    softirq_end();
     0
 }
 
@@ -488,10 +556,10 @@ fn v4_returned<M: Mem>(tb: u64, flp: u64, res: u64, err: i32) {
         owner.net
     } else {
         // A table that never hit: an output lookup (iif loopback) runs for the caller's own
-        // socket in process context, unless a device's transmit makes it (a tunnel's
-        // underlay); an input lookup cannot be placed.
+        // socket in process context, unless a device's transmit (a tunnel's underlay) or a
+        // softirq (a retransmit timer) makes it; an input lookup cannot be placed.
         let iif: i32 = M::get(flp, offset!(flowi4_iif)).unwrap_or(0);
-        if (iif == 0 || iif == LOOPBACK_IFINDEX) && !in_device_xmit() {
+        if (iif == 0 || iif == LOOPBACK_IFINDEX) && !on_behalf_of_another() {
             current_net().unwrap_or(0)
         } else {
             0

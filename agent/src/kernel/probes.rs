@@ -355,14 +355,16 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 // that is not attached.
                 Hook::BtfTracepoint { program: "routes_xmit_end_fentry", tracepoint: "net_dev_xmit" },
                 Hook::BtfTracepoint { program: "routes_xmit_begin_fentry", tracepoint: "net_dev_start_xmit" },
+                Hook::BtfTracepoint { program: "routes_softirq_end_fentry", tracepoint: "softirq_exit" },
+                Hook::BtfTracepoint { program: "routes_softirq_begin_fentry", tracepoint: "softirq_entry" },
             ],
             fields: ROUTE_V4_FIELDS,
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses by the \
                    namespace owning the table searched (known once the table has had a hit; \
                    before that an output lookup counts for the caller's namespace, or as \
-                   unknown inside a device's transmit (a tunnel's underlay), and an input \
-                   lookup as unknown); lookups under policy rules by the outcome \
+                   unknown inside a device's transmit (a tunnel's underlay) or a softirq (a \
+                   retransmit timer), and an input lookup as unknown); lookups under policy rules by the outcome \
                    fib_rules_lookup returns, rule actions included",
         },
         Variant {
@@ -374,6 +376,7 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
                 Hook::BtfTracepoint { program: "routes_xmit_end", tracepoint: "net_dev_xmit" },
                 Hook::BtfTracepoint { program: "routes_xmit_begin", tracepoint: "net_dev_start_xmit" },
+                Hook::BtfTracepoint { program: "routes_softirq_begin", tracepoint: "softirq_entry" },
             ],
             fields: &[
                 "nhc_dev",
@@ -392,8 +395,9 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
             sees: "every table lookup; hits by the nexthop device's namespace, misses of \
                    received packets by the namespace of the device holding the packet at the \
                    lookup (stacked devices included; unknown if the input interface does not \
-                   match it), misses inside a device's transmit (a tunnel's underlay) as \
-                   unknown, other misses by the caller's namespace; \
+                   match it), other misses inside a device's transmit (a tunnel's underlay) \
+                   or a softirq (a retransmit timer) as unknown, the rest by the caller's \
+                   namespace; \
                    under policy rules a table without a route is an unresolved miss (no \
                    tracepoint shows the walk's end) and rule actions are not seen",
         },
@@ -406,6 +410,8 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 Hook::Kretprobe { program: "routes_v4_rules_kretprobe", functions: &["fib_rules_lookup"] },
                 Hook::BtfTracepoint { program: "routes_xmit_end_kprobe", tracepoint: "net_dev_xmit" },
                 Hook::BtfTracepoint { program: "routes_xmit_begin_kprobe", tracepoint: "net_dev_start_xmit" },
+                Hook::BtfTracepoint { program: "routes_softirq_end_kprobe", tracepoint: "softirq_exit" },
+                Hook::BtfTracepoint { program: "routes_softirq_begin_kprobe", tracepoint: "softirq_entry" },
             ],
             fields: ROUTE_V4_FIELDS,
             symbols: &[],
