@@ -22,10 +22,10 @@
 //! - a hit: the namespace of the result's nexthop device (`nhc->nhc_dev->nd_net`), exact in
 //!   every mode (routes only point at devices of their own namespace);
 //! - IPv6: the lookup's `struct net` is an argument in every mode: exact;
-//! - an IPv4 miss, fentry/kprobe: the owner of the `fib_table` searched (recorded when the
-//!   table is made, `fib_new_table`, or, for tables older than the agent, when the inventory
-//!   finds the namespace; confirmed by the table's hits; forgotten at teardown); a table whose
-//!   owner is not known: unknown;
+//! - an IPv4 miss, fentry/kprobe: the owner of the `fib_table` searched (recorded when a
+//!   namespace appears, learned from the table's hits, forgotten at teardown); for a table
+//!   that never hit, an output lookup belongs to the caller's namespace and an input lookup
+//!   is unknown;
 //! - an IPv4 miss, tracepoint (no table pointer there): an input lookup (`flowi4_iif` not
 //!   loopback) belongs to the device of the packet this CPU is receiving (`RX_SLOT`: the skb,
 //!   set by `netif_receive_skb`, cleared when that receive returns (`netif_receive_skb_exit`,
@@ -36,12 +36,13 @@
 //!   possibly, whose ifindex numbers are its own. An output lookup inside a receive (ICMP
 //!   errors, TCP resets) belongs to the receiving device's namespace too; outside, to the
 //!   current task's namespace;
-//! - an IPv4 output miss, tracepoint, inside a device's transmit (`XMIT_SLOT`, set by
-//!   `net_dev_start_xmit`, cleared by `net_dev_xmit`) or a softirq (`SOFTIRQ_SLOT`,
-//!   `softirq_entry` to `softirq_exit`) other than inside the receive it follows: unknown.
-//!   A tunnel (vxlan, geneve, GRE, IPIP) looks up its underlay's route in a transmit, in the
-//!   namespace the tunnel was made in, from whatever task is sending; a softirq (a TCP
-//!   retransmit timer) serves a socket of any namespace while an unrelated task is current.
+//! - an IPv4 output miss where the table's owner is not known, inside a device's transmit
+//!   (`XMIT_SLOT`, set by `net_dev_start_xmit`, cleared by `net_dev_xmit`) or a softirq
+//!   (`SOFTIRQ_SLOT`, `softirq_entry` to `softirq_exit`) other than inside a receive the
+//!   tracepoint mode follows: unknown. A tunnel (vxlan, geneve, GRE, IPIP) looks up its
+//!   underlay's route in a transmit, in the namespace the tunnel was made in, from whatever
+//!   task is sending; a softirq (a TCP retransmit timer) serves a socket of any namespace
+//!   while an unrelated task is current.
 //!
 //! `fib_table_lookup(struct fib_table *, const struct flowi4 *, struct fib_result *, int)`
 //! returns 0, -EAGAIN (no match in this table), or the error of the matched route type.
@@ -99,13 +100,13 @@ static ROUTE_KEYS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RX_SLOT: PerCpuArray<RxSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// The device transmits this CPU is inside (tracepoint mode): an output miss there is a
-/// device's (a tunnel's underlay), not the task's.
+/// The device transmits this CPU is inside (every mode): an output miss there is a device's
+/// (a tunnel's underlay), not the task's.
 #[map]
 static XMIT_SLOT: PerCpuArray<NestSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// The softirq this CPU is running (tracepoint mode): an output miss there (a TCP
-/// retransmit timer's) is a socket's, not the interrupted task's.
+/// The softirq this CPU is running (every mode): an output miss there (a TCP retransmit
+/// timer's, an ICMP error's) is a socket's or a packet's, not the interrupted task's.
 #[map]
 static SOFTIRQ_SLOT: PerCpuArray<NestSlot> = PerCpuArray::with_max_entries(1, 0);
 
@@ -336,6 +337,13 @@ fn in_nest(slot: &PerCpuArray<NestSlot>) -> bool {
     matches!(slot.get(0), Some(s) if s.depth != 0 && s.task == task)
 }
 
+/// Whether a lookup now is made for something other than the current task: inside a
+/// device's transmit or a softirq.
+#[inline(always)]
+fn on_behalf_of_another() -> bool {
+    in_nest(&XMIT_SLOT) || in_nest(&SOFTIRQ_SLOT)
+}
+
 /// A device's transmit begins (`xmit_one`, before `ndo_start_xmit`). Transmits run with
 /// bottom halves off, so one task at a time is inside them on a CPU (on PREEMPT_RT too: there
 /// disabling bottom halves takes a per-CPU lock and pins the task); nested ones (a tunnel
@@ -370,6 +378,7 @@ fn xmit_end() {
     }
 }
 
+// One pair per mode: a program belongs to one variant of the probe registry.
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn routes_xmit_begin(_ctx: BtfTracePointContext) -> u32 {
     xmit_begin();
@@ -378,6 +387,30 @@ pub fn routes_xmit_begin(_ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "net_dev_xmit")]
 pub fn routes_xmit_end(_ctx: BtfTracePointContext) -> u32 {
+    xmit_end();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn routes_xmit_begin_fentry(_ctx: BtfTracePointContext) -> u32 {
+    xmit_begin();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn routes_xmit_end_fentry(_ctx: BtfTracePointContext) -> u32 {
+    xmit_end();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn routes_xmit_begin_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    xmit_begin();
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn routes_xmit_end_kprobe(_ctx: BtfTracePointContext) -> u32 {
     xmit_end();
     0
 }
@@ -467,16 +500,40 @@ pub fn routes_softirq_begin(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "softirq_entry")]
+pub fn routes_softirq_begin_fentry(_ctx: BtfTracePointContext) -> u32 {
+    softirq_begin();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_exit")]
+pub fn routes_softirq_end_fentry(_ctx: BtfTracePointContext) -> u32 {
+    softirq_end();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_entry")]
+pub fn routes_softirq_begin_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    softirq_begin();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_exit")]
+pub fn routes_softirq_end_kprobe(_ctx: BtfTracePointContext) -> u32 {
+    softirq_end();
+    0
+}
+
 // ---- IPv4, fentry / kprobe ---------------------------------------------------------------
 
-/// `fib_table_lookup(tb, flp, res)` returned `err`; `tb` and `res` are read through `M`.
+/// `fib_table_lookup(tb, flp, res)` returned `err`; the arguments are read through `M`.
 #[inline(always)]
-fn v4_returned<M: Mem>(tb: u64, res: u64, err: i32) {
+fn v4_returned<M: Mem>(tb: u64, flp: u64, res: u64, err: i32) {
     let tb_id: u32 = M::get(tb, offset!(fib_table_id)).unwrap_or(0);
     if err == 0 {
         let net = M::get::<u64>(res, offset!(fib_result_nhc)).map(nhc_net::<M>).unwrap_or(0);
         // Tables appear lazily (a new namespace has none until its first route) and rules
-        // split local from main: confirm each table's owner from its hits. `cookie` holds the
+        // split local from main: learn each table's owner from its hits. `cookie` holds the
         // table pointer in this per-CPU note.
         if let Some(last) = LAST_OWNED.get_ptr_mut(0) {
             // SAFETY: this CPU's value; a nested run at worst redoes the check below.
@@ -498,11 +555,15 @@ fn v4_returned<M: Mem>(tb: u64, res: u64, err: i32) {
         // its memory reused for another namespace's table.
         owner.net
     } else {
-        // A table whose owner is not known (made before the agent started and not found by
-        // the inventory, or evicted from the owner map): which namespace it serves cannot
-        // be told from the context (a tunnel's underlay lookup, a retransmit timer's
-        // softirq run for another namespace than the current task's).
-        0
+        // A table that never hit: an output lookup (iif loopback) runs for the caller's own
+        // socket in process context, unless a device's transmit (a tunnel's underlay) or a
+        // softirq (a retransmit timer) makes it; an input lookup cannot be placed.
+        let iif: i32 = M::get(flp, offset!(flowi4_iif)).unwrap_or(0);
+        if (iif == 0 || iif == LOOPBACK_IFINDEX) && !on_behalf_of_another() {
+            current_net().unwrap_or(0)
+        } else {
+            0
+        }
     };
     v4_lookup::<Probe>(net, tb_id, err, true);
 }
@@ -510,38 +571,7 @@ fn v4_returned<M: Mem>(tb: u64, res: u64, err: i32) {
 #[fexit(function = "fib_table_lookup")]
 pub fn routes_v4_fexit(ctx: FExitContext) -> u32 {
     // fexit context: the four arguments, then the int return value.
-    v4_returned::<Btf>(ctx.arg(0), ctx.arg(2), ctx.arg(4));
-    0
-}
-
-/// `fib_new_table(net, id)` returned table `tb` (a new one, or the one that exists): `net`
-/// owns it. Tables appear lazily (a namespace has no main table until its first route), and
-/// this is where each gets its owner, before any lookup in it.
-#[inline(always)]
-fn table_made<M: Mem>(net: u64, tb: u64) {
-    if net != 0 && tb != 0 && netns::table_owner(tb).net != net {
-        netns::set_table_owner(tb, netns::key::<M>(net), net);
-    }
-}
-
-#[fexit(function = "fib_new_table")]
-pub fn routes_table_new_fexit(ctx: FExitContext) -> u32 {
-    // fexit context: the two arguments, then the returned pointer.
-    table_made::<Btf>(ctx.arg(0), ctx.arg(2));
-    0
-}
-
-#[kprobe]
-pub fn routes_table_new_kprobe(ctx: ProbeContext) -> u32 {
-    push_frame([ctx.arg(0).unwrap_or(0), 0, 0]);
-    0
-}
-
-#[kretprobe]
-pub fn routes_table_new_kretprobe(ctx: RetProbeContext) -> u32 {
-    if let Some([net, _, _]) = pop_frame() {
-        table_made::<Probe>(net, ctx.ret());
-    }
+    v4_returned::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4));
     0
 }
 
@@ -578,14 +608,14 @@ fn pop_frame() -> Option<[u64; 3]> {
 
 #[kprobe]
 pub fn routes_v4_kprobe(ctx: ProbeContext) -> u32 {
-    push_frame([ctx.arg(0).unwrap_or(0), ctx.arg(2).unwrap_or(0), 0]);
+    push_frame([ctx.arg(0).unwrap_or(0), ctx.arg(2).unwrap_or(0), ctx.arg(1).unwrap_or(0)]);
     0
 }
 
 #[kretprobe]
 pub fn routes_v4_kretprobe(ctx: RetProbeContext) -> u32 {
-    if let Some([tb, res, _]) = pop_frame() {
-        v4_returned::<Probe>(tb, res, ctx.ret());
+    if let Some([tb, res, flp]) = pop_frame() {
+        v4_returned::<Probe>(tb, flp, res, ctx.ret());
     }
     0
 }

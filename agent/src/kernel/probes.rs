@@ -332,10 +332,14 @@ const ROUTE_V4_FIELDS: &[&str] = &[
     "nhc_dev",
     "netdev_nd_net",
     "net_cookie",
+    "flowi4_iif",
     "net_fib_has_custom_rules",
     "net_fib_default",
     "fib_rules_ops_family",
     "fib_rules_ops_fro_net",
+    // The caller's namespace (current_net) for an output lookup in a table that never hit.
+    "task_nsproxy",
+    "nsproxy_net_ns",
 ];
 
 static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
@@ -347,15 +351,21 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
             hooks: &[
                 Hook::Fexit { program: "routes_v4_fexit", functions: &["fib_table_lookup"] },
                 Hook::Fexit { program: "routes_v4_rules_fexit", functions: &["fib_rules_lookup"] },
-                Hook::Fexit { program: "routes_table_new_fexit", functions: &["fib_new_table"] },
+                // Each transmit's end before its beginning: a begin never waits for an end
+                // that is not attached.
+                Hook::BtfTracepoint { program: "routes_xmit_end_fentry", tracepoint: "net_dev_xmit" },
+                Hook::BtfTracepoint { program: "routes_xmit_begin_fentry", tracepoint: "net_dev_start_xmit" },
+                Hook::BtfTracepoint { program: "routes_softirq_end_fentry", tracepoint: "softirq_exit" },
+                Hook::BtfTracepoint { program: "routes_softirq_begin_fentry", tracepoint: "softirq_entry" },
             ],
             fields: ROUTE_V4_FIELDS,
             symbols: &[],
             sees: "every table lookup; hits by the nexthop device's namespace, misses by the \
-                   namespace owning the table searched (recorded when the table is made, \
-                   fib_new_table, or when the inventory finds an older one; unknown if not \
-                   known); lookups under policy rules by the outcome fib_rules_lookup \
-                   returns, rule actions included",
+                   namespace owning the table searched (known once the table has had a hit; \
+                   before that an output lookup counts for the caller's namespace, or as \
+                   unknown inside a device's transmit (a tunnel's underlay) or a softirq (a \
+                   retransmit timer), and an input lookup as unknown); lookups under policy rules by the outcome \
+                   fib_rules_lookup returns, rule actions included",
         },
         Variant {
             mode: Mode::Tracepoint,
@@ -364,8 +374,6 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 Hook::BtfTracepoint { program: "routes_rx_begin", tracepoint: "netif_receive_skb" },
                 Hook::BtfTracepoint { program: "routes_rx_done", tracepoint: "netif_receive_skb_exit" },
                 Hook::BtfTracepoint { program: "routes_rx_end", tracepoint: "softirq_exit" },
-                // Each section's end before its beginning (routes_rx_end ends softirqs too): a
-                // begin never waits for an end that is not attached.
                 Hook::BtfTracepoint { program: "routes_xmit_end", tracepoint: "net_dev_xmit" },
                 Hook::BtfTracepoint { program: "routes_xmit_begin", tracepoint: "net_dev_start_xmit" },
                 Hook::BtfTracepoint { program: "routes_softirq_begin", tracepoint: "softirq_entry" },
@@ -400,8 +408,10 @@ static ROUTE_LOOKUP_V4: ProbeSpec = ProbeSpec {
                 Hook::Kretprobe { program: "routes_v4_kretprobe", functions: &["fib_table_lookup"] },
                 Hook::Kprobe { program: "routes_v4_rules_kprobe", functions: &["fib_rules_lookup"] },
                 Hook::Kretprobe { program: "routes_v4_rules_kretprobe", functions: &["fib_rules_lookup"] },
-                Hook::Kprobe { program: "routes_table_new_kprobe", functions: &["fib_new_table"] },
-                Hook::Kretprobe { program: "routes_table_new_kretprobe", functions: &["fib_new_table"] },
+                Hook::BtfTracepoint { program: "routes_xmit_end_kprobe", tracepoint: "net_dev_xmit" },
+                Hook::BtfTracepoint { program: "routes_xmit_begin_kprobe", tracepoint: "net_dev_start_xmit" },
+                Hook::BtfTracepoint { program: "routes_softirq_end_kprobe", tracepoint: "softirq_exit" },
+                Hook::BtfTracepoint { program: "routes_softirq_begin_kprobe", tracepoint: "softirq_entry" },
             ],
             fields: ROUTE_V4_FIELDS,
             symbols: &[],
