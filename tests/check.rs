@@ -81,17 +81,18 @@ fn check_forced_mode_reports_that_mode() -> Result<()> {
     Ok(())
 }
 
-/// The running kernel's BTF with one member renamed, `flowi_common.flowic_iif` (the
-/// `flowi4_iif` field, which only the IPv4 route lookup probe declares): a layout hole such
-/// as another kernel version could have. Same length, so the BTF stays valid.
-fn btf_without_flowic_iif() -> Result<std::path::PathBuf> {
+/// The running kernel's BTF with one member renamed, `netns_ipv4.fib_has_custom_rules` (the
+/// `net_fib_has_custom_rules` field, which only the IPv4 route lookup probe declares, in
+/// every mode): a layout hole such as another kernel version could have. Same length, so
+/// the BTF stays valid.
+fn btf_without_fib_has_custom_rules() -> Result<std::path::PathBuf> {
     let mut bytes = std::fs::read("/sys/kernel/btf/vmlinux")?;
-    let needle = b"\0flowic_iif\0";
+    let needle = b"\0fib_has_custom_rules\0";
     let at: Vec<usize> =
         bytes.windows(needle.len()).enumerate().filter(|(_, w)| w == needle).map(|(i, _)| i).collect();
     ensure!(
         at.len() == 1,
-        "the name flowic_iif appears {} times in this kernel's BTF strings, not once",
+        "the name fib_has_custom_rules appears {} times in this kernel's BTF strings, not once",
         at.len()
     );
     bytes[at[0] + needle.len() - 2] = b'X';
@@ -103,9 +104,10 @@ fn btf_without_flowic_iif() -> Result<std::path::PathBuf> {
 #[test]
 fn a_field_missing_from_btf_detaches_only_the_probe_that_reads_it_and_says_why() -> Result<()> {
     const PROBE: &str = "route_lookup_ipv4";
+    const FIELD: &str = "net_fib_has_custom_rules";
     let probes = registered_probes()?;
     ensure!(probes.contains(PROBE), "{PROBE} is not registered: {probes:?}");
-    let btf = btf_without_flowic_iif()?;
+    let btf = btf_without_fib_has_custom_rules()?;
     let btf = btf.to_str().context("temp path")?;
 
     // `check`: that probe's line for the mode names the field; every other probe works.
@@ -116,7 +118,7 @@ fn a_field_missing_from_btf_detaches_only_the_probe_that_reads_it_and_says_why()
         let modes = sections.get(probe).with_context(|| format!("{probe} missing from check:\n{text}"))?;
         let status = modes.get(&mode()).with_context(|| format!("{probe}: no {} line:\n{text}", mode()))?;
         if probe == PROBE {
-            ensure!(status.contains("flowi4_iif") && status != "works", "{probe}: {status}\n{text}");
+            ensure!(status.contains(FIELD) && status != "works", "{probe}: {status}\n{text}");
         } else {
             ensure!(status == "works", "{probe} in {} mode: {status}\n{text}", mode());
         }
@@ -132,8 +134,8 @@ fn a_field_missing_from_btf_detaches_only_the_probe_that_reads_it_and_says_why()
     }
     let log = agent.log_text();
     ensure!(
-        log.lines().any(|l| l.contains(PROBE) && l.contains("flowi4_iif")),
-        "no log line names {PROBE} and flowi4_iif:\n{log}"
+        log.lines().any(|l| l.contains(PROBE) && l.contains(FIELD)),
+        "no log line names {PROBE} and {FIELD}:\n{log}"
     );
     let _ = std::fs::remove_file(btf);
     Ok(())

@@ -593,8 +593,12 @@ fn teardowns_only_the_inventory_sees_are_counted_once_each() -> Result<()> {
     let comm = unique_comm("rec");
     let since = agent.last_seq()?;
     let named: Vec<NamedNetns> = (0..M).map(|_| named_as(&comm, "rec")).collect::<Result<_>>()?;
-    let ours = inodes(&events_of(&wait_created(&agent, since, &comm, M)?, "netns_created", &comm));
-    ensure!(ours.len() == M, "{} of {M} creations in the journal", ours.len());
+    // By cookie: a namespace made later (the marker below, another creator's) may reuse an
+    // inode number of ours, never a cookie.
+    let created = wait_created(&agent, since, &comm, M)?;
+    let ours: BTreeSet<u64> =
+        events_of(&created, "netns_created", &comm).iter().filter_map(|e| e["cookie"].as_u64()).collect();
+    ensure!(ours.len() == M, "{} of {M} creations with a cookie in the journal", ours.len());
     let counters = |m: &Metrics| -> Result<(f64, f64)> {
         Ok((m.value("netns_destroyed_total", &[])?, m.value("netns_agent_reconciled_total", &[])?))
     };
@@ -612,8 +616,8 @@ fn teardowns_only_the_inventory_sees_are_counted_once_each() -> Result<()> {
         events
             .iter()
             .filter(|e| e["kind"] == "netns_destroyed")
-            .filter_map(|e| e["netns"].as_u64())
-            .filter(|inode| ours.contains(inode))
+            .filter_map(|e| e["cookie"].as_u64())
+            .filter(|cookie| ours.contains(cookie))
             .collect()
     };
     wait_for(&format!("the {M} teardowns in the journal"), TEARDOWN * 2, || {
@@ -628,14 +632,22 @@ fn teardowns_only_the_inventory_sees_are_counted_once_each() -> Result<()> {
 
     // Later walks find nothing more of ours: a marker namespace deleted now is found gone by a
     // walk that starts after every one of ours was.
-    let marker = named_as(&comm, "recm")?;
-    let marker_inode = marker.inode()?;
+    let marker_comm = unique_comm("recm");
+    let marker_since = agent.last_seq()?;
+    let marker = named_as(&marker_comm, "recm")?;
+    let marker_cookie = events_of(
+        &wait_created(&agent, marker_since, &marker_comm, 1)?,
+        "netns_created",
+        &marker_comm,
+    )[0]["cookie"]
+        .as_u64()
+        .context("the marker's creation has no cookie")?;
     marker.delete()?;
     wait_for("a later walk's teardown of the marker", TEARDOWN * 2, || {
-        let (events, _) = agent.events_since(since)?;
+        let (events, _) = agent.events_since(marker_since)?;
         Ok(events
             .iter()
-            .any(|e| e["kind"] == "netns_destroyed" && e["netns"].as_u64() == Some(marker_inode))
+            .any(|e| e["kind"] == "netns_destroyed" && e["cookie"].as_u64() == Some(marker_cookie))
             .then_some(()))
     })?;
     let ours_destroyed = destroyed_events(&agent.events_since(since)?.0);
